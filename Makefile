@@ -1,0 +1,33 @@
+# onnxpq: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test test-slow models bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/onnxpq demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+# Rebuild the embedded demo model from scikit-learn's digits (needs the `models` extra: torch==2.13.0).
+models: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,models]'
+	$(PY) models/digits.py --out-dir src/onnxpq/data
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache demo-report.json demo-report.html demo-digits.onnx

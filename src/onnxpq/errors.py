@@ -1,0 +1,70 @@
+"""The errors onnxpq raises on purpose.
+
+Every error the user can cause derives from :class:`OnnxpqError`; the CLI maps
+them to exit code 2 (bad input or usage), except :class:`GateFailed`, which is
+exit code 1 (the job ran, the output was written, but a gate did not hold).
+Messages are one line: what went wrong, where, and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "OnnxpqError",
+    "ModelLoadError",
+    "UnsafeModelError",
+    "PipelineError",
+    "PassFailed",
+    "TargetError",
+    "DataError",
+    "OutputError",
+    "GateFailed",
+]
+
+
+class OnnxpqError(Exception):
+    """Base of every error onnxpq raises on purpose (exit code 2 in the CLI)."""
+
+    exit_code: int = 2
+
+
+class ModelLoadError(OnnxpqError):
+    """The model file cannot be read as a valid ONNX model."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """The model refers to data outside its folder, or its external data is inconsistent."""
+
+
+class PipelineError(OnnxpqError):
+    """Pipeline text or pass options are invalid."""
+
+
+class PassFailed(OnnxpqError):
+    """A pass raised, or broke the model's structure or (for exact passes) its numerics.
+
+    The pass manager has rolled the model back to its state before the pass;
+    ``pass_name`` names the pass and ``model`` (when set) is the rolled-back model.
+    """
+
+    def __init__(self, message: str, *, pass_name: str, model: object | None = None) -> None:
+        super().__init__(message)
+        self.pass_name = pass_name
+        self.model = model
+
+
+class TargetError(OnnxpqError):
+    """A target profile is missing or invalid."""
+
+
+class DataError(OnnxpqError):
+    """Input data (``--data`` / ``--calibration``) does not fit the model."""
+
+
+class OutputError(OnnxpqError):
+    """The output cannot be written where asked (e.g. onto the input model)."""
+
+
+class GateFailed(OnnxpqError):
+    """The job completed but a gate (accuracy drop, latency budget) did not hold."""
+
+    exit_code = 1

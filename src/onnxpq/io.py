@@ -1,0 +1,558 @@
+"""Safe model loading and atomic saving.
+
+Loading parses the protobuf *without* its external data, checks every
+external-data reference against the rules below, then deserialises into
+onnx-ir, whose external tensors are memory-mapped on first use (never read all
+at once). Saving writes into a temporary folder beside the destination, fsyncs,
+checks the written model with the onnx checker *by path*, and renames the
+external data file first and the ``.onnx`` last.
+
+External-data rules (an offending reference raises :class:`UnsafeModelError`),
+applied to initializers, sparse initializers, attribute tensors, subgraphs
+(If/Loop/Scan bodies at any depth) and functions alike:
+
+* ``location`` is a plain relative path: not absolute, no ``..`` component,
+  no backslash, no NUL, no drive letter;
+* it resolves to a regular file inside the model's folder, with no symlink on
+  the way and exactly one hard link (a hard link can alias any file on the disk);
+* ``offset`` and ``length`` are non-negative integers, ``offset + length`` is
+  within the file, and ``length`` equals the byte size the tensor's dims and
+  dtype imply.
+
+Uses onnx-ir for the in-memory graph (use-def links, lazy external tensors) and
+``onnx`` only at the boundary (protobuf parsing, checker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxpq.errors import ModelLoadError, OutputError, UnsafeModelError
+
+__all__ = [
+    "ExternalReference",
+    "load_model",
+    "save_model",
+    "external_files",
+    "model_size_bytes",
+    "max_supported_opset",
+    "INLINE_LIMIT_BYTES",
+    "write_text_atomic",
+    "stage_model",
+    "StagedModel",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Tensors above this total size are written to external data: a single
+#: protobuf cannot exceed 2 GiB, and we keep a margin for the graph itself.
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+#: Initializers at or above this size go to the external data file when one is written.
+EXTERNAL_THRESHOLD_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class ExternalReference:
+    """One tensor's external-data reference, as found in the protobuf."""
+
+    tensor: str
+    location: str
+    offset: int
+    length: int | None
+    where: str
+
+
+def _tensor_byte_size(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's dims and dtype imply, or None for variable-size types (strings)."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    try:
+        dtype = ir.DataType(tensor.data_type)
+    except ValueError:
+        return None
+    return (count * dtype.bitwidth + 7) // 8
+
+
+def _iter_tensors(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    """Yield every TensorProto of the model with a description of where it sits."""
+
+    def from_graph(graph: onnx.GraphProto, where: str) -> Iterator[tuple[onnx.TensorProto, str]]:
+        for tensor in graph.initializer:
+            yield tensor, f"{where} initializer"
+        for sparse in graph.sparse_initializer:
+            yield sparse.values, f"{where} sparse initializer"
+            yield sparse.indices, f"{where} sparse initializer indices"
+        for node in graph.node:
+            yield from from_nodes([node], f"{where} node '{node.name}'")
+
+    def from_nodes(nodes: list[onnx.NodeProto], where: str) -> Iterator[tuple[onnx.TensorProto, str]]:
+        for node in nodes:
+            for attr in node.attribute:
+                at = f"{where} attribute '{attr.name}'"
+                if attr.HasField("t"):
+                    yield attr.t, at
+                for tensor in attr.tensors:
+                    yield tensor, at
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values, at
+                    yield attr.sparse_tensor.indices, at
+                for sparse in attr.sparse_tensors:
+                    yield sparse.values, at
+                    yield sparse.indices, at
+                if attr.HasField("g"):
+                    yield from from_graph(attr.g, f"{at} subgraph")
+                for sub in attr.graphs:
+                    yield from from_graph(sub, f"{at} subgraph")
+
+    yield from from_graph(proto.graph, "graph")
+    for function in proto.functions:
+        yield from from_nodes(list(function.node), f"function '{function.name}'")
+
+
+def _external_reference(tensor: onnx.TensorProto, where: str) -> ExternalReference:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    name = tensor.name or "<unnamed>"
+    location = entries.get("location", "")
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError as exc:
+        raise UnsafeModelError(
+            f"tensor '{name}' ({where}): external data offset/length is not an integer"
+        ) from exc
+    return ExternalReference(name, location, offset, length, where)
+
+
+def _check_location(ref: ExternalReference, base_dir: Path) -> Path:
+    """Resolve a location to a plain file inside base_dir, or raise UnsafeModelError."""
+    what = f"tensor '{ref.tensor}' ({ref.where}): external data location '{ref.location}'"
+    loc = ref.location
+    if not loc:
+        raise UnsafeModelError(f"{what} is empty")
+    if "\\" in loc or "\x00" in loc:
+        raise UnsafeModelError(f"{what} contains a backslash or NUL; use a plain relative file name")
+    if os.path.isabs(loc) or loc.startswith("/") or (len(loc) > 1 and loc[1] == ":"):
+        raise UnsafeModelError(f"{what} is absolute; external data must live in the model's folder")
+    parts = Path(loc).parts
+    if any(part == ".." for part in parts):
+        raise UnsafeModelError(f"{what} leaves the model's folder ('..')")
+    path = base_dir
+    for part in parts:
+        if part == ".":
+            continue
+        path = path / part
+        try:
+            info = path.lstat()
+        except FileNotFoundError as exc:
+            raise UnsafeModelError(f"{what} does not exist") from exc
+        except OSError as exc:
+            raise UnsafeModelError(f"{what} cannot be read: {exc.strerror}") from exc
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafeModelError(f"{what} goes through a symlink; copy the data file instead")
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeModelError(f"{what} is not a regular file")
+    if info.st_nlink != 1:
+        raise UnsafeModelError(
+            f"{what} has {info.st_nlink} hard links; a hard link can alias any file, copy the data file instead"
+        )
+    real_base = base_dir.resolve()
+    if real_base not in path.resolve().parents:
+        raise UnsafeModelError(f"{what} resolves outside the model's folder")
+    return path
+
+
+def _check_external_data(proto: onnx.ModelProto, base_dir: Path) -> list[ExternalReference]:
+    refs: list[ExternalReference] = []
+    sizes: dict[Path, int] = {}
+    for tensor, where in _iter_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        ref = _external_reference(tensor, where)
+        path = _check_location(ref, base_dir)
+        size = sizes.setdefault(path, path.stat().st_size)
+        what = f"tensor '{ref.tensor}' ({where}) in '{ref.location}'"
+        if ref.offset < 0 or (ref.length is not None and ref.length < 0):
+            raise UnsafeModelError(f"{what}: negative offset or length")
+        expected = _tensor_byte_size(tensor)
+        if expected is None:
+            raise UnsafeModelError(f"{what}: tensors of this type cannot be stored externally")
+        length = ref.length if ref.length is not None else size - ref.offset
+        if ref.offset + length > size:
+            raise UnsafeModelError(
+                f"{what}: bytes {ref.offset}..{ref.offset + length} fall outside the {size}-byte file"
+            )
+        if length != expected:
+            raise UnsafeModelError(
+                f"{what}: length {length} disagrees with the {expected} bytes its shape and type need"
+            )
+        refs.append(ref)
+    return refs
+
+
+@functools.lru_cache(maxsize=1)
+def max_supported_opset() -> int:
+    """Highest default-domain opset both onnx and onnxruntime (this install) support.
+
+    onnxruntime does not expose it, so it is probed once with a one-node model.
+    """
+    import onnxruntime as ort
+
+    highest = onnx.defs.onnx_opset_version()
+
+    def runs(version: int) -> bool:
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", version)])
+        model.ir_version = min(onnx.IR_VERSION, 10)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any failure means "not supported"
+            return False
+        return True
+
+    low, high = 7, highest
+    while low < high:
+        mid = (low + high + 1) // 2
+        if runs(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"{path}: not a regular file")
+    if info.st_size == 0:
+        raise ModelLoadError(f"{path}: the file is empty")
+    try:
+        data = path.read_bytes()
+        proto = onnx.ModelProto()
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{path}: not an ONNX model (protobuf parse failed: {exc})") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
+    return proto
+
+
+def _check_header(proto: onnx.ModelProto, path: Path) -> None:
+    if proto.ir_version <= 0:
+        raise ModelLoadError(f"{path}: ir_version is {proto.ir_version}; not an ONNX model or a truncated one")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(
+            f"{path}: ir_version {proto.ir_version} is newer than this onnx supports ({onnx.IR_VERSION}); "
+            "upgrade onnx or re-export with an older ir_version"
+        )
+    if not proto.HasField("graph") or not proto.graph.output:
+        raise ModelLoadError(f"{path}: the model has no graph or no graph outputs")
+    opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
+    if "" not in opsets and "ai.onnx" not in opsets:
+        raise ModelLoadError(f"{path}: the model imports no default-domain opset")
+    default = opsets.get("", opsets.get("ai.onnx", 0))
+    if default < 1:
+        raise ModelLoadError(f"{path}: default-domain opset version {default} is invalid")
+    supported = max_supported_opset()
+    if default > supported:
+        raise ModelLoadError(
+            f"{path}: opset {default} is newer than onnx/onnxruntime here support ({supported}); "
+            "convert the model to an older opset"
+        )
+    known = set(opsets) | {"ai.onnx"}
+    local_functions = {(f.domain, f.name) for f in proto.functions}
+
+    def check_nodes(nodes: list[onnx.NodeProto]) -> None:
+        for node in nodes:
+            domain = node.domain or ""
+            if domain not in known and (domain, node.op_type) not in local_functions:
+                raise ModelLoadError(
+                    f"{path}: node '{node.name}' ({node.op_type}) uses domain '{domain}', "
+                    "which the model does not import"
+                )
+
+    check_nodes(list(proto.graph.node))
+    _check_unique_names(proto.graph, path, "main graph")
+
+
+def _check_unique_names(graph: onnx.GraphProto, path: Path, where: str) -> None:
+    """Duplicate names make deserialisation ambiguous: name them before onnx-ir trips on them."""
+    seen: dict[str, str] = {}
+
+    def claim(name: str, what: str) -> None:
+        if not name:
+            return
+        if name in seen and not (what == "an initializer" and seen[name] == "a graph input"):
+            raise ModelLoadError(f"{path}: {where}: '{name}' is defined twice ({seen[name]} and {what})")
+        seen[name] = what
+
+    for value in graph.input:
+        claim(value.name, "a graph input")
+    for tensor in graph.initializer:
+        claim(tensor.name, "an initializer")
+    for node in graph.node:
+        for output in node.output:
+            claim(output, f"node '{node.name}' ({node.op_type})")
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _check_unique_names(sub, path, f"{where} > node '{node.name}'.{attr.name}")
+
+
+def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
+    """Load a model safely into onnx-ir.
+
+    Raises:
+        ModelLoadError: unreadable, empty, not ONNX, unsupported versions,
+            dangling inputs, duplicate names, cycles, or the onnx checker fails.
+        UnsafeModelError: an external-data reference breaks the rules above.
+    """
+    from onnxpq.core.verify import StructureError, verify_structure
+
+    path = Path(path)
+    proto = _parse(path)
+    _check_header(proto, path)
+    base_dir = path.parent if str(path.parent) else Path(".")
+    _check_external_data(proto, base_dir)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
+        raise ModelLoadError(f"{path}: malformed model ({type(exc).__name__}: {exc})") from exc
+    del proto
+    ir.external_data.set_base_dir(model.graph, str(base_dir))
+    if check:
+        try:
+            verify_structure(model)
+        except StructureError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        _run_checker(path)
+    return model
+
+
+def _run_checker(path: Path) -> None:
+    """The onnx checker by path (it handles >2 GiB models and external data)."""
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path}: the onnx checker refused the model: {first}") from exc
+
+
+def external_files(model: ir.Model) -> set[Path]:
+    """Real paths of every external-data file the model's tensors currently point to."""
+    files: set[Path] = set()
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                files.add(Path(tensor.path).resolve())
+    return files
+
+
+def model_size_bytes(path: str | os.PathLike[str]) -> int:
+    """Size on disk of a model: the .onnx file plus every distinct external data file it references."""
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    total = path.stat().st_size
+    seen: set[str] = set()
+    for tensor, _ in _iter_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in seen:
+                    seen.add(entry.value)
+                    total += (path.parent / entry.value).stat().st_size
+    return total
+
+
+def _tensor_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None:
+                total += tensor.nbytes
+    return total
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StagedModel:
+    """A model written and checked in a temporary folder beside its destination, not yet visible.
+
+    ``path`` is the staged ``.onnx`` (it runs in onnxruntime: its data file sits
+    beside it under its final name). :meth:`commit` renames the data file,
+    then the ``.onnx``, into place; :meth:`discard` removes everything. Used as
+    a context manager it discards unless committed.
+    """
+
+    def __init__(self, dest: Path, tmp_dir: Path, data_name: str, guarded: set[Path]) -> None:
+        self.dest = dest
+        self.tmp_dir = tmp_dir
+        self.path = tmp_dir / dest.name
+        self._data_name = data_name
+        self._guarded = guarded
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Move the staged files into place, the ``.onnx`` last; return the destination."""
+        folder = self.dest.parent
+        tmp_data = self.tmp_dir / self._data_name
+        data_dest = folder / self._data_name
+        try:
+            if tmp_data.exists():
+                os.replace(tmp_data, data_dest)
+            elif data_dest.exists() and data_dest.resolve() not in self._guarded:
+                data_dest.unlink()  # a stale data file from an earlier output would be misleading
+            os.replace(self.path, self.dest)
+            with contextlib.suppress(OSError):
+                _fsync(folder)
+        except OSError as exc:
+            raise OutputError(f"{self.dest}: cannot move the output into place ({exc.strerror or exc})") from exc
+        finally:
+            self.discard()
+        self.committed = True
+        logger.info("wrote %s%s", self.dest, f" (+ {self._data_name})" if data_dest.exists() else "")
+        return self.dest
+
+    def discard(self) -> None:
+        """Remove the staged files."""
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed:
+            self.discard()
+
+
+def stage_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    protect: tuple[str | os.PathLike[str], ...] = (),
+    external_data: bool | None = None,
+) -> StagedModel:
+    """Write ``model`` for ``path`` into a temporary folder beside it, fsync and check it.
+
+    Args:
+        model: the model; it is not modified.
+        path: destination ``.onnx``. Its external data, when written, is
+            ``<name>.data`` beside it (a fixed name, so output is reproducible).
+        protect: paths that must not be overwritten (the input model); the
+            files the model's own external tensors point to are protected too.
+        external_data: force (True) or forbid (False) an external data file;
+            None decides by size (over :data:`INLINE_LIMIT_BYTES`) and writes
+            external data when the model already has external tensors.
+
+    Raises:
+        OutputError: the destination is protected, its folder is missing, or the
+            write or the onnx checker failed (nothing is left behind).
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{dest}: the output folder '{folder}' does not exist")
+    if dest.is_dir():
+        raise OutputError(f"{dest}: is a folder; give a .onnx file name")
+    data_name = f"{dest.name}.data"
+    guarded = {Path(p).resolve() for p in protect} | external_files(model)
+    for target in (dest, folder / data_name):
+        if target.resolve() in guarded:
+            raise OutputError(
+                f"{target}: refusing to overwrite the input model or its data; choose another output path"
+            )
+    if external_data is None:
+        external_data = bool(external_files(model)) or _tensor_bytes(model) > INLINE_LIMIT_BYTES
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxpq-tmp-", dir=folder))
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write in '{folder}' ({exc.strerror or exc})") from exc
+    staged = StagedModel(dest.resolve().parent / dest.name, tmp_dir, data_name, guarded)
+    try:
+        try:
+            if external_data:
+                ir.save(model, staged.path, external_data=data_name, size_threshold_bytes=EXTERNAL_THRESHOLD_BYTES)
+            else:
+                ir.save(model, staged.path)
+        except OSError as exc:
+            raise OutputError(f"{dest}: cannot write the model ({exc.strerror or exc})") from exc
+        except ValueError as exc:
+            raise OutputError(f"{dest}: cannot serialise the model ({exc})") from exc
+        for file in (tmp_dir / data_name, staged.path):
+            if file.exists():
+                _fsync(file)
+        try:
+            _run_checker(staged.path)
+        except ModelLoadError as exc:
+            raise OutputError(f"{dest}: the written model failed the onnx checker; nothing was kept ({exc})") from exc
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    protect: tuple[str | os.PathLike[str], ...] = (),
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically (see :func:`stage_model`); return the path."""
+    return stage_model(model, path, protect=protect, external_data=external_data).commit()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, protect: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+    """Write a text file (a report) atomically: temp file in the same folder, fsync, rename."""
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{dest}: the folder '{folder}' does not exist")
+    if dest.resolve() in {Path(p).resolve() for p in protect}:
+        raise OutputError(f"{dest}: refusing to overwrite the input model")
+    fd, tmp = tempfile.mkstemp(prefix=".onnxpq-tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+    return dest

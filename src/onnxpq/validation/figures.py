@@ -1,0 +1,189 @@
+"""Before/after figures of a reference and a candidate model, measured side by side.
+
+* size: bytes on disk, the .onnx plus its external data files;
+* MACs and bit-operations per sample (batch 1), from shapes (:mod:`onnxpq.analysis.macs`);
+* latency: when the target's first execution provider exists here and its
+  cost model is ``measured``, both models run in onnxruntime on one sample,
+  interleaved (A B A B ...) after a warm-up, and p50/p90 are reported with the
+  thread count; otherwise latency is *estimated* as bops / bops_per_second and
+  says so (``estimated: true``);
+* task accuracy: top-1 of the first output against ``labels``, when given;
+* fidelity of the candidate's outputs against the reference's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxpq.analysis.macs import ModelCost, model_cost
+from onnxpq.analysis.model_inputs import input_specs
+from onnxpq.core.session import make_session, run_in_batches
+from onnxpq.errors import ModelLoadError, OnnxpqError
+from onnxpq.io import load_model, model_size_bytes
+from onnxpq.targets.profile import Target
+from onnxpq.validation.data import Dataset
+from onnxpq.validation.fidelity import Fidelity, compare_outputs
+
+__all__ = ["Latency", "ModelFigures", "PairFigures", "measure_pair", "top1_accuracy"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency of one sample, in milliseconds."""
+
+    p50: float
+    p90: float
+    estimated: bool
+    method: str
+    threads: int | None = None
+    runs: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelFigures:
+    """Size, cost, latency and accuracy of one model."""
+
+    path: str
+    size_bytes: int
+    macs: int
+    bops: int
+    weight_bits: int
+    latency: Latency
+    accuracy: float | None
+    cost: ModelCost | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "macs": self.macs,
+            "bops": self.bops,
+            "weight_bits": self.weight_bits,
+            "latency_ms": self.latency.to_dict(),
+            "accuracy": self.accuracy,
+            "macs_unresolved_nodes": list(self.cost.unresolved) if self.cost else [],
+        }
+
+
+@dataclass
+class PairFigures:
+    """Baseline and candidate figures, and the candidate's fidelity."""
+
+    baseline: ModelFigures
+    optimized: ModelFigures
+    fidelity: Fidelity
+
+
+def top1_accuracy(output: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose argmax over the last axis equals the label."""
+    scores = output.reshape(len(labels), -1)
+    return float(np.mean(np.argmax(scores, axis=-1) == labels))
+
+
+def _one_sample(dataset: Dataset, model_inputs: list[ort.NodeArg]) -> dict[str, np.ndarray]:
+    feed = {}
+    ranks = {i.name: len(i.shape) for i in model_inputs}
+    for name, array in dataset.inputs.items():
+        feed[name] = array[0] if array.ndim == ranks.get(name, array.ndim) + 1 else array[:1]
+    return feed
+
+
+def _interleaved_latency(
+    sessions: list[ort.InferenceSession], feeds: list[dict[str, np.ndarray]], runs: int, warmup: int
+) -> list[list[float]]:
+    for session, feed in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for bucket, session, feed in zip(times, sessions, feeds, strict=True):
+            start = time.perf_counter()
+            session.run(None, feed)
+            bucket.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _input_shapes(dataset: Dataset, model: Any) -> dict[str, list[int]]:
+    shapes = {}
+    for spec in input_specs(model):
+        array = dataset.inputs[spec.name]
+        rank = len(spec.shape) if spec.shape is not None else array.ndim - 1
+        shapes[spec.name] = list(array.shape[1:]) if array.ndim == rank + 1 else [1, *array.shape[1:]]
+    return shapes
+
+
+def measure_pair(
+    reference: str | Path,
+    candidate: str | Path,
+    target: Target,
+    dataset: Dataset,
+    *,
+    latency_runs: int = 50,
+    warmup: int = 5,
+    threads: int = 1,
+) -> PairFigures:
+    """Measure both models on ``dataset`` for ``target``; see the module docstring."""
+    models = [load_model(reference, check=False), load_model(candidate, check=False)]
+    sessions = []
+    for index, path in enumerate((reference, candidate)):
+        try:
+            sessions.append(make_session(path, providers=target.providers, threads=threads))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if index == 0:
+                raise ModelLoadError(f"{path}: onnxruntime cannot load the model: {first}") from exc
+            raise OnnxpqError(f"{path}: the optimized model does not load in onnxruntime: {first}") from exc
+    outputs = []
+    for path, session in zip((reference, candidate), sessions, strict=True):
+        try:
+            outputs.append(run_in_batches(session, dataset.inputs))
+        except Exception as exc:  # noqa: BLE001
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{path}: the model fails in onnxruntime on the data: {first}") from exc
+    fidelity = compare_outputs(outputs[0], outputs[1])
+
+    measured = target.cost.model == "measured" and target.providers[0] in ort.get_available_providers()
+    if measured:
+        feeds = [_one_sample(dataset, s.get_inputs()) for s in sessions]
+        times = _interleaved_latency(sessions, feeds, latency_runs, warmup)
+        method = f"measured: onnxruntime {target.providers[0]}, batch 1, interleaved A/B, {latency_runs} runs"
+    else:
+        reason = (
+            f"{target.providers[0]} is not available here"
+            if target.cost.model == "measured"
+            else f"cost model '{target.cost.model}'"
+        )
+        method = f"estimated: bops / {target.cost.bops_per_second:.3g} bops/s ({reason})"
+
+    figures = []
+    for index, (path, model) in enumerate(zip((reference, candidate), models, strict=True)):
+        cost = model_cost(model, _input_shapes(dataset, model))
+        if measured:
+            latency = Latency(
+                float(np.percentile(times[index], 50)),
+                float(np.percentile(times[index], 90)),
+                False,
+                method,
+                threads,
+                latency_runs,
+            )
+        else:
+            ms = cost.bops / target.cost.bops_per_second * 1e3
+            latency = Latency(ms, ms, True, method)
+        accuracy = top1_accuracy(outputs[index][0], dataset.labels) if dataset.labels is not None else None
+        figures.append(
+            ModelFigures(str(path), model_size_bytes(path), cost.macs, cost.bops, cost.weight_bits_total, latency, accuracy, cost)
+        )
+    return PairFigures(figures[0], figures[1], fidelity)

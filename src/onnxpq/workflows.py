@@ -1,0 +1,247 @@
+"""The jobs behind the public API: ``optimize`` and ``validate``.
+
+optimize: load (safe) -> parse the pipeline for the target -> run the passes
+(verified, with rollback) -> stage the output beside its destination and
+check it -> measure baseline and output side by side in onnxruntime ->
+evaluate the gate -> commit the output and write the reports. Any error
+before the commit leaves nothing behind and the input untouched; a failed
+gate still writes everything (exit code 1 in the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxpq.analysis.model_inputs import input_specs
+from onnxpq.core.context import PassContext
+from onnxpq.core.manager import PassManager
+from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
+from onnxpq.errors import DataError, OutputError
+from onnxpq.io import load_model, stage_model, write_text_atomic
+from onnxpq.report.html import render_html
+from onnxpq.report.schema import build_report, report_json
+from onnxpq.targets.profile import Target, load_target
+from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
+from onnxpq.validation.figures import PairFigures, measure_pair
+
+__all__ = ["OptimizeResult", "ValidateResult", "optimize", "validate"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+#: Synthesised samples when no data is given.
+SYNTHESIZED_SAMPLES = 32
+
+
+@dataclass
+class OptimizeResult:
+    """What ``optimize`` produced: the output path, the report, and whether every gate held."""
+
+    output: Path
+    report: dict[str, Any]
+
+    @property
+    def gate_passed(self) -> bool:
+        return bool(self.report["gate"]["passed"])
+
+
+@dataclass
+class ValidateResult:
+    """The figures of a model against its reference."""
+
+    report: dict[str, Any]
+
+    @property
+    def gate_passed(self) -> bool:
+        return bool(self.report["gate"]["passed"])
+
+
+def _target(target: str | Path | Target) -> Target:
+    return target if isinstance(target, Target) else load_target(target)
+
+
+def _check_outputs(model: Path, *outputs: PathLike | None) -> None:
+    """Refuse outputs that are the input model or each other, before any work."""
+    seen: dict[Path, str] = {model.resolve(): "the input model"}
+    for out in outputs:
+        if out is None:
+            continue
+        resolved = Path(out).resolve()
+        if resolved in seen:
+            raise OutputError(f"{out}: refusing to write over {seen[resolved]}; choose another path")
+        if not resolved.parent.is_dir():
+            raise OutputError(f"{out}: the folder '{Path(out).parent}' does not exist")
+        seen[resolved] = str(out)
+
+
+def _dataset(model: Any, data: PathLike | None) -> Dataset:
+    if data is None:
+        return synthesized_dataset(model, SYNTHESIZED_SAMPLES)
+    return load_dataset(data, model)
+
+
+def _gate(figures: PairFigures, dataset: Dataset, max_accuracy_drop: float | None) -> dict[str, Any]:
+    gate: dict[str, Any] = {"max_accuracy_drop": max_accuracy_drop, "passed": True, "reasons": [], "measure": None}
+    if max_accuracy_drop is None:
+        return gate
+    base, opt = figures.baseline.accuracy, figures.optimized.accuracy
+    if base is not None and opt is not None:
+        drop, gate["measure"] = base - opt, "task accuracy (labels)"
+    elif figures.fidelity.top1_agreement is not None:
+        drop, gate["measure"] = 1.0 - figures.fidelity.top1_agreement, "1 - top-1 agreement (no labels)"
+    else:  # checked before any work in _check_gate_possible
+        raise DataError("--max-accuracy-drop needs labels in --data or a classifier-shaped first output")
+    gate["accuracy_drop"] = drop
+    if drop > max_accuracy_drop:
+        gate["passed"] = False
+        gate["reasons"].append(f"accuracy drop {drop:.4f} exceeds the allowed {max_accuracy_drop:.4f} ({gate['measure']})")
+    return gate
+
+
+def _check_gate_possible(model: Any, dataset: Dataset, max_accuracy_drop: float | None) -> None:
+    if max_accuracy_drop is None:
+        return
+    if not 0.0 <= max_accuracy_drop <= 1.0:
+        raise DataError(f"--max-accuracy-drop must be in [0, 1] (a fraction), got {max_accuracy_drop}")
+    if dataset.labels is not None:
+        return
+    first = model.graph.outputs[0]
+    shape = first.shape
+    classifier = shape is not None and len(shape) >= 2 and isinstance(shape[-1], int) and shape[-1] > 1
+    if not classifier:
+        raise DataError(
+            "--max-accuracy-drop needs labels in --data (an integer 'labels' array) "
+            "or a classifier-shaped first output [samples, classes]"
+        )
+
+
+def _write_reports(report: dict[str, Any], json_path: PathLike | None, html_path: PathLike | None, protect: Path) -> None:
+    if json_path is not None:
+        write_text_atomic(json_path, report_json(report), protect=(protect,))
+    if html_path is not None:
+        write_text_atomic(html_path, render_html(report), protect=(protect,))
+
+
+def optimize(
+    model: PathLike,
+    output: PathLike,
+    *,
+    target: str | Path | Target = "cpu",
+    pipeline: str | None = None,
+    data: PathLike | None = None,
+    calibration: PathLike | None = None,
+    report: PathLike | None = None,
+    html: PathLike | None = None,
+    max_accuracy_drop: float | None = None,
+    dump_on_failure: PathLike | None = None,
+    latency_runs: int = 50,
+    threads: int = 1,
+    progress: bool = True,
+) -> OptimizeResult:
+    """Optimize ``model`` for ``target`` and write it to ``output``.
+
+    Args:
+        model: input ``.onnx`` path (never modified).
+        output: output ``.onnx`` path (not the input).
+        target: built-in target name, a TOML path, or a :class:`Target`.
+        pipeline: pipeline text; defaults to the target's pipeline.
+        data: ``.npz`` with arrays named after the inputs (+ optional ``labels``).
+        calibration: ``.npz`` for calibration; defaults to ``data``.
+        report, html: where to write the JSON report and the HTML page.
+        max_accuracy_drop: gate on the absolute accuracy drop (fraction).
+        dump_on_failure: folder for a reproducer when a pass fails.
+        latency_runs: timed runs per model (interleaved).
+        threads: onnxruntime intra-op threads for latency.
+        progress: per-pass status line on a terminal.
+
+    Raises:
+        OnnxpqError: bad input (nothing written); see :mod:`onnxpq.errors`.
+    """
+    model_path, out_path = Path(model), Path(output)
+    chosen = _target(target)
+    pipeline_text = pipeline if pipeline is not None else chosen.pipeline
+    passes = parse_pipeline(pipeline_text)
+    _check_outputs(model_path, out_path, report, html)
+    ir_model = load_model(model_path)
+    dataset = _dataset(ir_model, data)
+    _check_gate_possible(ir_model, dataset, max_accuracy_drop)
+    calib = load_dataset(calibration, ir_model) if calibration is not None else dataset
+    manager = PassManager(
+        passes,
+        check_inputs=dataset.head(4).inputs,
+        progress=progress,
+        dump_on_failure=dump_on_failure,
+    )
+    with PassContext(target=chosen, calibration=calib.inputs):
+        result = manager(ir_model)
+    with stage_model(result.model, out_path, protect=(model_path,)) as staged:
+        figures = measure_pair(model_path, staged.path, chosen, dataset, latency_runs=latency_runs, threads=threads)
+        figures.optimized.path = str(out_path)
+        gate = _gate(figures, dataset, max_accuracy_drop)
+        the_report = build_report(
+            command="optimize",
+            input_path=str(model_path),
+            output_path=str(out_path),
+            target=chosen,
+            pipeline=format_pipeline(passes),
+            pipeline_full=format_pipeline(passes, full=True),
+            records=manager.records,
+            figures=figures,
+            dataset=dataset,
+            gate=gate,
+        )
+        staged.commit()
+    _write_reports(the_report, report, html, model_path)
+    if not gate["passed"]:
+        logger.warning("gate failed: %s", "; ".join(gate["reasons"]))
+    return OptimizeResult(out_path, the_report)
+
+
+def validate(
+    model: PathLike,
+    reference: PathLike,
+    *,
+    target: str | Path | Target = "cpu",
+    data: PathLike | None = None,
+    report: PathLike | None = None,
+    html: PathLike | None = None,
+    max_accuracy_drop: float | None = None,
+    latency_runs: int = 50,
+    threads: int = 1,
+) -> ValidateResult:
+    """Measure ``model`` against ``reference`` on ``target`` (fidelity, accuracy, latency, size, cost)."""
+    model_path, ref_path = Path(model), Path(reference)
+    chosen = _target(target)
+    _check_outputs(model_path, report, html)
+    _check_outputs(ref_path, report, html)
+    ref_model = load_model(ref_path)
+    candidate = load_model(model_path)
+    ref_inputs = {s.name for s in input_specs(ref_model)}
+    cand_inputs = {s.name for s in input_specs(candidate)}
+    if ref_inputs != cand_inputs:
+        raise DataError(
+            f"{model_path} and {ref_path} have different inputs ({sorted(cand_inputs)} vs {sorted(ref_inputs)})"
+        )
+    dataset = _dataset(ref_model, data)
+    _check_gate_possible(ref_model, dataset, max_accuracy_drop)
+    figures = measure_pair(ref_path, model_path, chosen, dataset, latency_runs=latency_runs, threads=threads)
+    gate = _gate(figures, dataset, max_accuracy_drop)
+    the_report = build_report(
+        command="validate",
+        input_path=str(ref_path),
+        output_path=str(model_path),
+        target=chosen,
+        pipeline="",
+        pipeline_full="",
+        records=[],
+        figures=figures,
+        dataset=dataset,
+        gate=gate,
+    )
+    _write_reports(the_report, report, html, model_path)
+    return ValidateResult(the_report)
