@@ -8,6 +8,7 @@ Errors are one line on stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -170,7 +171,11 @@ def _cmd_passes(args: argparse.Namespace) -> int:
         cls = get_pass_class(args.name)
         print(f"{cls.name} ({'exact' if cls.exact else 'lossy'})")
         print()
-        print((cls.__doc__ or "").strip())
+        print(inspect.getdoc(cls) or "")
+        module_doc = inspect.getdoc(sys.modules[cls.__module__])
+        if module_doc:
+            print()
+            print(module_doc)
         specs = option_specs(cls)
         print()
         print("options:" if specs else "options: none")

@@ -33,24 +33,35 @@ def _node_label(node: ir.Node) -> str:
     return f"node '{node.name}' ({node.op_type})" if node.name else f"a {node.op_type} node"
 
 
+def _dtype(value: ir.Value | None) -> ir.DataType | None:
+    """A value's type, from its annotation, its constant tensor, or the Constant node producing it."""
+    if value is None:
+        return None
+    if value.dtype is not None:
+        return value.dtype
+    if value.const_value is not None:
+        return value.const_value.dtype
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        tensor = producer.attributes["value"].value
+        return getattr(tensor, "dtype", None)
+    return None
+
+
 def _verify_qdq(node: ir.Node) -> None:
     if node.domain not in ("", "ai.onnx") or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
         return
     inputs = node.inputs
     scale = inputs[1] if len(inputs) > 1 else None
     zero_point = inputs[2] if len(inputs) > 2 else None
-    if scale is not None and scale.dtype is not None and scale.dtype not in _FLOATS:
-        raise StructureError(f"{_node_label(node)}: scale '{scale.name}' has non-float type {scale.dtype}")
-    quantized = node.outputs[0] if node.op_type == "QuantizeLinear" else inputs[0]
-    if (
-        zero_point is not None
-        and zero_point.dtype is not None
-        and quantized is not None
-        and quantized.dtype is not None
-        and zero_point.dtype != quantized.dtype
-    ):
+    scale_type = _dtype(scale)
+    if scale_type is not None and scale_type not in _FLOATS:
+        raise StructureError(f"{_node_label(node)}: scale '{scale.name}' has non-float type {scale_type}")
+    zero_type = _dtype(zero_point)
+    quantized_type = _dtype(node.outputs[0] if node.op_type == "QuantizeLinear" else inputs[0])
+    if zero_type is not None and quantized_type is not None and zero_type != quantized_type:
         raise StructureError(
-            f"{_node_label(node)}: zero point type {zero_point.dtype} differs from quantized type {quantized.dtype}"
+            f"{_node_label(node)}: zero point type {zero_type} differs from quantized type {quantized_type}"
         )
 
 
