@@ -88,7 +88,7 @@ def _graph(*nodes: onnx.NodeProto, outputs: tuple[str, ...] = ("y",), extra_init
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         del model.graph.output[:]
-        model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs)
+        model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3]) for name in outputs)
         for _ in range(extra_init):
             model.graph.initializer.append(numpy_helper.from_array(TINY_WEIGHT, "W"))
 
@@ -107,15 +107,15 @@ def _if_with_then_node(node: onnx.NodeProto) -> Callable[[onnx.ModelProto], None
     """The tiny model followed by an If whose then-branch runs ``node`` (output ``t``)."""
 
     def change(model: onnx.ModelProto) -> None:
-        then_branch = helper.make_graph([node], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+        then_branch = helper.make_graph([node], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])])
         else_branch = helper.make_graph(
-            [helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)]
+            [helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 3])]
         )
         model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
         model.graph.node.append(
             helper.make_node("If", ["cond"], ["z"], name="if", then_branch=then_branch, else_branch=else_branch)
         )
-        model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+        model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3]))
 
     return change
 
@@ -124,99 +124,129 @@ def _strip_outputs(model: onnx.ModelProto) -> None:
     del model.graph.output[:]
 
 
-_MALFORMED: dict[str, Callable[[Path], bytes | None]] = {
-    "empty-file": lambda _: b"",
-    "random-bytes": lambda _: np.random.default_rng(20240611).bytes(4096),
-    "truncated-model": lambda _: (data := matmul_relu_model().SerializeToString())[: len(data) // 2],
-    "graph-proto": lambda _: matmul_relu_model().graph.SerializeToString(),
-    "tensor-proto": lambda _: numpy_helper.from_array(TINY_WEIGHT, "W").SerializeToString(),
-    "text-file": lambda _: b"ir_version: 10\nthis is not a protobuf\n",
-    "ir-version-0": _edit(_set(ir_version=0)),
-    "ir-version-99": _edit(_set(ir_version=99)),
-    "no-opset-import": _edit(_opsets()),
-    "default-opset-99": _edit(_opsets(("", 99))),
-    "unimported-domain": _edit(
-        _graph(
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-            helper.make_node("Relu", ["h"], ["y"], name="relu", domain="com.example"),
-        )
+#: kind -> (regex the error message must match, builder writing the bytes; None writes nothing).
+_MALFORMED: dict[str, tuple[str, Callable[[Path], bytes | None]]] = {
+    "empty-file": ("the file is empty", lambda _: b""),
+    "random-bytes": ("not an ONNX model", lambda _: np.random.default_rng(20240611).bytes(4096)),
+    "truncated-model": ("not an ONNX model", lambda _: (data := matmul_relu_model().SerializeToString())[: len(data) // 2]),
+    "graph-proto": ("ir_version is 0", lambda _: matmul_relu_model().graph.SerializeToString()),
+    "tensor-proto": ("not an ONNX model", lambda _: numpy_helper.from_array(TINY_WEIGHT, "W").SerializeToString()),
+    "text-file": ("not an ONNX model", lambda _: b"ir_version: 10\nthis is not a protobuf\n"),
+    "ir-version-0": ("ir_version is 0", _edit(_set(ir_version=0))),
+    "ir-version-99": ("ir_version 99 is newer", _edit(_set(ir_version=99))),
+    "no-opset-import": ("no default-domain opset", _edit(_opsets())),
+    "default-opset-99": ("opset 99 is newer", _edit(_opsets(("", 99)))),
+    "unimported-domain": (
+        "domain 'com.example'",
+        _edit(
+            _graph(
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+                helper.make_node("Relu", ["h"], ["y"], name="relu", domain="com.example"),
+            )
+        ),
     ),
-    "subgraph-unimported-domain": _edit(
-        _if_with_then_node(helper.make_node("Relu", ["h"], ["t"], name="inner", domain="com.example"))
+    "subgraph-unimported-domain": (
+        "com.example",
+        _edit(_if_with_then_node(helper.make_node("Relu", ["h"], ["t"], name="inner", domain="com.example"))),
     ),
-    "cycle": _edit(
-        _graph(
-            helper.make_node("Add", ["x", "b"], ["a"], name="first"),
-            helper.make_node("Relu", ["a"], ["b"], name="second"),
-            outputs=("b",),
-        )
+    "cycle": (
+        "cycle",
+        _edit(
+            _graph(
+                helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+                helper.make_node("Relu", ["a"], ["b"], name="second"),
+                outputs=("b",),
+            )
+        ),
     ),
-    "nodes-out-of-order": _edit(
-        _graph(
-            helper.make_node("Relu", ["h"], ["y"], name="relu"),
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-        )
+    "nodes-out-of-order": (
+        "out of order",
+        _edit(
+            _graph(
+                helper.make_node("Relu", ["h"], ["y"], name="relu"),
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+            )
+        ),
     ),
-    "dangling-input": _edit(
-        _graph(
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-            helper.make_node("Add", ["h", "ghost"], ["y"], name="add"),
-        )
+    "dangling-input": (
+        "'ghost', which nothing defines",
+        _edit(
+            _graph(
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+                helper.make_node("Add", ["h", "ghost"], ["y"], name="add"),
+            )
+        ),
     ),
-    "subgraph-dangling-input": _edit(_if_with_then_node(helper.make_node("Relu", ["ghost"], ["t"], name="inner"))),
-    "duplicate-node-output": _edit(
-        _graph(
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-            helper.make_node("Relu", ["h"], ["h"], name="relu"),
-            helper.make_node("Identity", ["h"], ["y"], name="id"),
-        )
+    "subgraph-dangling-input": (
+        "then_branch.*'ghost', which nothing defines",
+        _edit(_if_with_then_node(helper.make_node("Relu", ["ghost"], ["t"], name="inner"))),
     ),
-    "duplicate-initializer": _edit(
-        _graph(
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-            helper.make_node("Relu", ["h"], ["y"], name="relu"),
-            extra_init=1,
-        )
+    "duplicate-node-output": (
+        "'h' is defined twice",
+        _edit(
+            _graph(
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+                helper.make_node("Relu", ["h"], ["h"], name="relu"),
+                helper.make_node("Identity", ["h"], ["y"], name="id"),
+            )
+        ),
     ),
-    "output-not-produced": _edit(
-        _graph(
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-            helper.make_node("Relu", ["h"], ["y"], name="relu"),
-            outputs=("y", "z"),
-        )
+    "duplicate-initializer": (
+        "'W' is defined twice",
+        _edit(
+            _graph(
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+                helper.make_node("Relu", ["h"], ["y"], name="relu"),
+                extra_init=1,
+            )
+        ),
     ),
-    "no-graph-outputs": _edit(_strip_outputs),
-    "unknown-op": _edit(
-        _graph(
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
-            helper.make_node("NoSuchOp", ["h"], ["y"], name="mystery"),
-        )
+    "output-not-produced": (
+        "'z' is not produced",
+        _edit(
+            _graph(
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+                helper.make_node("Relu", ["h"], ["y"], name="relu"),
+                outputs=("y", "z"),
+            )
+        ),
     ),
-    "directory": lambda path: path.mkdir() or None,
-    "missing-path": lambda _: None,
+    "no-graph-outputs": ("no graph outputs", _edit(_strip_outputs)),
+    "unknown-op": (
+        "checker refused.*NoSuchOp",
+        _edit(
+            _graph(
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+                helper.make_node("NoSuchOp", ["h"], ["y"], name="mystery"),
+            )
+        ),
+    ),
+    "directory": ("not a regular file", lambda path: path.mkdir()),
+    "missing-path": ("no such file", lambda _: None),
 }
 
 MALFORMED_KINDS = tuple(_MALFORMED)
 
 
+class BadModel(NamedTuple):
+    path: Path
+    reason: str  # a regex the error message must match
+
+
 @pytest.fixture(params=MALFORMED_KINDS)
-def malformed_model(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+def malformed_model(request: pytest.FixtureRequest, tmp_path: Path) -> BadModel:
     """A path (``in/model/m.onnx``) that is not a loadable model: one structural defect per parameter."""
     folder = tmp_path / "in" / "model"
     folder.mkdir(parents=True)
     path = folder / "m.onnx"
-    data = _MALFORMED[request.param](path)
+    reason, build = _MALFORMED[request.param]
+    data = build(path)
     if data is not None:
         path.write_bytes(data)
-    return path
+    return BadModel(path, reason)
 
 
 # --------------------------------------------------------------------------- unsafe external data
-
-
-class UnsafeCase(NamedTuple):
-    path: Path
-    reason: str  # a regex the error message must match
 
 
 def _tiny_external(location: str, offset: int | str | None = 0, length: int | str | None = 48) -> onnx.ModelProto:
@@ -277,14 +307,14 @@ def _unsafe(kind: str, model_dir: Path, outside: Path) -> tuple[onnx.ModelProto,
         make_external(inner, "../outside/w.bin", 0, 48)
         then_branch = helper.make_graph(
             [helper.make_node("MatMul", ["x", "Wt"], ["t"])], "then", [],
-            [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)], [inner],
+            [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3])], [inner],
         )
         else_branch = helper.make_graph(
-            [helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)]
+            [helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 3])]
         )
         model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
         model.graph.node.append(helper.make_node("If", ["cond"], ["z"], name="if", then_branch=then_branch, else_branch=else_branch))
-        model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+        model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3]))
         return model, r"subgraph.*'\.\.'"
     if kind == "constant-attribute-absolute":
         model = matmul_relu_model()
@@ -335,7 +365,7 @@ UNSAFE_KINDS = (
 
 
 @pytest.fixture(params=UNSAFE_KINDS)
-def unsafe_external_model(request: pytest.FixtureRequest, tmp_path: Path) -> UnsafeCase:
+def unsafe_external_model(request: pytest.FixtureRequest, tmp_path: Path) -> BadModel:
     """``in/model/m.onnx`` with one external-data reference that breaks the rules; files it names really exist."""
     model_dir = tmp_path / "in" / "model"
     outside = tmp_path / "in" / "outside"
@@ -344,4 +374,4 @@ def unsafe_external_model(request: pytest.FixtureRequest, tmp_path: Path) -> Uns
     model, reason = _unsafe(request.param, model_dir, outside)
     path = model_dir / "m.onnx"
     path.write_bytes(model.SerializeToString())
-    return UnsafeCase(path, reason)
+    return BadModel(path, reason)

@@ -326,6 +326,27 @@ def _check_unique_names(graph: onnx.GraphProto, path: Path, where: str) -> None:
                 _check_unique_names(sub, path, f"{where} > node '{node.name}'.{attr.name}")
 
 
+class _DemoteToDebug(logging.Filter):
+    """Re-log onnx-ir's deserialisation warnings at DEBUG: the verifier reports the same problem in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            logger.debug("onnx-ir: %s", record.getMessage())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_serde() -> Iterator[None]:
+    serde_logger = logging.getLogger("onnx_ir.serde")
+    demote = _DemoteToDebug()
+    serde_logger.addFilter(demote)
+    try:
+        yield
+    finally:
+        serde_logger.removeFilter(demote)
+
+
 def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
     """Load a model safely into onnx-ir.
 
@@ -342,11 +363,17 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
     base_dir = path.parent if str(path.parent) else Path(".")
     _check_external_data(proto, base_dir)
     try:
-        model = ir.serde.deserialize_model(proto)
+        with _quiet_serde():
+            model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
         raise ModelLoadError(f"{path}: malformed model ({type(exc).__name__}: {exc})") from exc
     del proto
     ir.external_data.set_base_dir(model.graph, str(base_dir))
+    for function in model.functions.values():
+        for node in function.all_nodes():
+            for attr in node.attributes.values():
+                if isinstance(attr.value, ir.ExternalTensor):
+                    attr.value.base_dir = str(base_dir)
     if check:
         try:
             verify_structure(model)
@@ -459,6 +486,46 @@ class StagedModel:
             self.discard()
 
 
+def _external_attribute_nodes(model: ir.Model) -> list[tuple[ir.Node, str]]:
+    found = []
+    nodes = [*model.graph.all_nodes()]
+    for function in model.functions.values():
+        nodes.extend(function.all_nodes())
+    for node in nodes:
+        for name, attr in node.attributes.items():
+            values = attr.value if attr.type == ir.AttributeType.TENSORS else [attr.value]
+            if attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.TENSORS) and any(
+                isinstance(v, ir.ExternalTensor) for v in values
+            ):
+                found.append((node, name))
+    return found
+
+
+def _inline_attribute_tensors(model: ir.Model) -> ir.Model:
+    """A clone whose external *attribute* tensors (Constant values, ...) are read into memory.
+
+    onnx-ir's save moves only initializers to the new data file; attribute
+    tensors would keep pointing at the input's data file. They are small in
+    practice (Constant nodes), so they are written inline instead.
+    """
+    if not _external_attribute_nodes(model):
+        return model
+    clone = model.clone()
+    for node, name in _external_attribute_nodes(clone):
+        attr = node.attributes[name]
+
+        def inline(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+            if isinstance(tensor, ir.ExternalTensor):
+                return ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+            return tensor
+
+        if attr.type == ir.AttributeType.TENSOR:
+            node.attributes[name] = ir.AttrTensor(name, inline(attr.value))
+        else:
+            node.attributes[name] = ir.AttrTensors(name, [inline(t) for t in attr.value])
+    return clone
+
+
 def stage_model(
     model: ir.Model,
     path: str | os.PathLike[str],
@@ -497,6 +564,7 @@ def stage_model(
             )
     if external_data is None:
         external_data = bool(external_files(model)) or _tensor_bytes(model) > INLINE_LIMIT_BYTES
+    model = _inline_attribute_tensors(model)
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxpq-tmp-", dir=folder))
     except OSError as exc:

@@ -66,6 +66,8 @@ class PassContext:
         target: the target profile, or None when passes run without one.
         calibration: arrays named after the model inputs (first axis = samples), or None.
         analyses: the analysis cache.
+        details: what the running pass noted with :meth:`note`; the pass
+            manager moves it into that pass's record after every pass.
     """
 
     def __init__(
@@ -77,7 +79,17 @@ class PassContext:
         self.target = target
         self.calibration = dict(calibration) if calibration is not None else None
         self.analyses = AnalysisCache()
+        self.details: dict[str, Any] = {}
         self._token: contextvars.Token[PassContext | None] | None = None
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about the running pass (what it quantized, what it skipped); it goes into the report."""
+        self.details[key] = value
+
+    @staticmethod
+    def active() -> PassContext | None:
+        """The active context, or None."""
+        return _CURRENT.get()
 
     @staticmethod
     def current() -> PassContext:

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -59,6 +59,7 @@ class PassRecord:
     bytes_after: int = 0
     numerical_check: str = "not run"
     max_abs_error: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,7 +190,8 @@ class NumericalCheck:
                 self._reference = None
                 raise InstrumentFailure(f"output {index}: finite/non-finite pattern changed")
             error = float(np.max(np.abs(a[finite] - b[finite]), initial=0.0))
-            bound = self.atol + self.rtol * float(np.max(np.abs(b[finite]), initial=0.0))
+            rtol = max(self.rtol, 1e-2) if before.dtype in (np.float16,) or before.dtype.itemsize < 4 else self.rtol
+            bound = self.atol + rtol * float(np.max(np.abs(b[finite]), initial=0.0))
             worst = max(worst, error)
             if error > bound:
                 self._reference = None

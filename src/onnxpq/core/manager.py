@@ -100,7 +100,11 @@ class PassManager(ir.passes.PassManager):
         return instruments + self.extra_instruments
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        ctx = PassContext.current()
+        active = PassContext.active()
+        if active is None:
+            with PassContext():
+                return self.call(model)
+        ctx = active
         instruments = self._instruments()
         self.records = []
         work = model.clone()
@@ -116,6 +120,7 @@ class PassManager(ir.passes.PassManager):
                 bytes_before=size,
             )
             snapshot = work.clone()
+            ctx.details = {}
             start = time.perf_counter()
             try:
                 for instrument in instruments:
@@ -128,8 +133,10 @@ class PassManager(ir.passes.PassManager):
                     instrument.after_pass(pass_, work, record)
             except Exception as exc:  # noqa: BLE001 - every failure is rolled back and named
                 record.seconds = time.perf_counter() - start
+                record.details = ctx.details
                 self.records.append(record)
                 raise self._failure(pass_, index, snapshot, exc) from exc
+            record.details = ctx.details
             if record.modified:
                 overall = True
                 ctx.analyses.invalidate(pass_.preserves)

@@ -96,7 +96,7 @@ def run_in_batches(
     results: list[list[np.ndarray]] = []
     for start in range(0, count, step):
         if per_sample:
-            feed = {name: inputs[name][start] for name in names}
+            feed = {name: np.asarray(inputs[name][start]) for name in names}
         else:
             feed = {name: inputs[name][start : start + step] for name in names}
         outputs = session.run(None, feed)

@@ -18,6 +18,8 @@ Schema (all tables required, defaults in brackets)::
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -97,7 +99,7 @@ class Target:
             if isinstance(v, (int, float)):
                 return repr(v)
             if isinstance(v, str):
-                return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
             return "[" + ", ".join(value(x) for x in v) + "]"
 
         lines = [f"{k} = {value(getattr(self, k))}" for k in ("name", "description", "providers", "pipeline")]
@@ -206,8 +208,8 @@ def _parse(data: dict[str, Any], source: str) -> Target:
     c = data["cost"]
     _check_unknown(c, set(CostSpec.__dataclass_fields__), source, "cost.")
     bops_per_second = float(_expect(c, "bops_per_second", (int, float), source, "cost."))
-    if bops_per_second <= 0:
-        raise TargetError(f"{_where(source, 'cost.bops_per_second')} must be positive")
+    if not math.isfinite(bops_per_second) or bops_per_second <= 0:
+        raise TargetError(f"{_where(source, 'cost.bops_per_second')} must be a positive finite number")
     cost = CostSpec(
         model=_choices([_expect(c, "model", str, source, "cost.")], _COST_MODELS, "cost.model", source)[0],
         bops_per_second=bops_per_second,

@@ -57,7 +57,10 @@ def load_dataset(path: str | Path, model: ir.Model) -> Dataset:
     """Load and check an ``.npz`` dataset against ``model``'s inputs."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: is a .npy array, not an .npz archive of arrays named after the model inputs")
+        with archive:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such data file") from exc
@@ -82,6 +85,11 @@ def load_dataset(path: str | Path, model: ir.Model) -> Dataset:
                 logger.info("%s: casting '%s' from %s to %s", path, spec.name, array.dtype, spec.dtype)
                 array = array.astype(spec.dtype)
             elif np.issubdtype(array.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer):
+                info = np.iinfo(spec.dtype)
+                if array.size and (array.min() < info.min or array.max() > info.max):
+                    raise DataError(
+                        f"{path}: '{spec.name}' has values in [{array.min()}, {array.max()}], outside {spec.dtype}"
+                    )
                 array = array.astype(spec.dtype)
             else:
                 raise DataError(f"{path}: '{spec.name}' has type {array.dtype}, the model expects {spec.dtype}")

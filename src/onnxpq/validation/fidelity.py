@@ -5,6 +5,8 @@ For reference outputs y and candidate outputs ŷ (all outputs, flattened):
 * SQNR (dB) = 10·log10(Σ y² / Σ (y − ŷ)²)  (∞ when identical);
 * cosine = Σ y·ŷ / (‖y‖·‖ŷ‖);
 * max_abs_error = max |y − ŷ|;
+* a NaN or Inf in ŷ where y is finite (or the reverse) makes max_abs_error
+  +∞, SQNR −∞ and cosine 0: a broken candidate never reads as faithful;
 * top-1 agreement: for a classifier-shaped first output ([samples, classes]
   or [samples, 1, classes] ...), the fraction of samples whose argmax over the
   last axis agrees; None when the output is not classifier-shaped.
@@ -36,7 +38,7 @@ class Fidelity:
         data = asdict(self)
         if math.isinf(self.sqnr_db):
             data["sqnr_db"] = None  # JSON has no infinity: None with identical = true
-        data["identical"] = self.max_abs_error == 0.0
+        data["identical"] = self.max_abs_error == 0.0 and math.isinf(self.sqnr_db) and self.sqnr_db > 0
         return data
 
 
@@ -61,6 +63,11 @@ def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
             continue
         r = ref.astype(np.float64).ravel()
         c = cand.astype(np.float64).ravel()
+        finite_r, finite_c = np.isfinite(r), np.isfinite(c)
+        if not np.array_equal(finite_r, finite_c) or not np.array_equal(r[~finite_r], c[~finite_c]):
+            worst = math.inf  # NaN/Inf where the reference has none (or a different one): not a fidelity, a failure
+            noise = math.inf
+        r, c = np.where(finite_r & finite_c, r, 0.0), np.where(finite_r & finite_c, c, 0.0)
         diff = r - c
         signal += float(r @ r)
         noise += float(diff @ diff)
@@ -68,9 +75,17 @@ def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
         norm_c += float(c @ c)
         if diff.size:
             worst = max(worst, float(np.max(np.abs(diff))))
-    sqnr = math.inf if noise == 0.0 else (10.0 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    if noise == 0.0:
+        sqnr = math.inf
+    elif math.isinf(noise) or signal == 0:
+        sqnr = -math.inf
+    else:
+        sqnr = 10.0 * math.log10(signal / noise)
     denominator = math.sqrt(signal * norm_c)
-    cosine = dot / denominator if denominator > 0 else (1.0 if noise == 0.0 else 0.0)
+    if math.isinf(noise):
+        cosine = 0.0
+    else:
+        cosine = dot / denominator if denominator > 0 else (1.0 if noise == 0.0 else 0.0)
     top1 = None
     first_ref, first_cand = reference[0], candidate[0]
     if is_classifier_output(first_ref):

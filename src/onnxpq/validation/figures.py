@@ -93,10 +93,16 @@ def top1_accuracy(output: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _one_sample(dataset: Dataset, model_inputs: list[ort.NodeArg]) -> dict[str, np.ndarray]:
+    """One inference's feed: one sample, or the model's fixed batch when its first dim is fixed."""
     feed = {}
-    ranks = {i.name: len(i.shape) for i in model_inputs}
+    args = {i.name: i for i in model_inputs}
     for name, array in dataset.inputs.items():
-        feed[name] = array[0] if array.ndim == ranks.get(name, array.ndim) + 1 else array[:1]
+        shape = args[name].shape if name in args else []
+        if array.ndim == len(shape) + 1:
+            feed[name] = array[0]
+        else:
+            batch = shape[0] if shape and isinstance(shape[0], int) else 1
+            feed[name] = array[:batch]
     return feed
 
 
@@ -115,13 +121,19 @@ def _interleaved_latency(
     return times
 
 
-def _input_shapes(dataset: Dataset, model: Any) -> dict[str, list[int]]:
-    shapes = {}
+def _input_shapes(dataset: Dataset, model: Any) -> tuple[dict[str, list[int]], int]:
+    """Shapes of one inference (see :func:`_one_sample`) and the samples it covers."""
+    shapes, samples = {}, 1
     for spec in input_specs(model):
         array = dataset.inputs[spec.name]
         rank = len(spec.shape) if spec.shape is not None else array.ndim - 1
-        shapes[spec.name] = list(array.shape[1:]) if array.ndim == rank + 1 else [1, *array.shape[1:]]
-    return shapes
+        if array.ndim == rank + 1:
+            shapes[spec.name] = list(array.shape[1:])
+        else:
+            batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else 1
+            samples = max(samples, batch)
+            shapes[spec.name] = [batch, *array.shape[1:]]
+    return shapes, samples
 
 
 def measure_pair(
@@ -169,7 +181,8 @@ def measure_pair(
 
     figures = []
     for index, (path, model) in enumerate(zip((reference, candidate), models, strict=True)):
-        cost = model_cost(model, _input_shapes(dataset, model))
+        shapes, per_run = _input_shapes(dataset, model)
+        cost = model_cost(model, shapes)
         if measured:
             latency = Latency(
                 float(np.percentile(times[index], 50)),
@@ -180,10 +193,13 @@ def measure_pair(
                 latency_runs,
             )
         else:
-            ms = cost.bops / target.cost.bops_per_second * 1e3
+            ms = cost.bops / target.cost.bops_per_second * 1e3  # one inference (batch as fed)
             latency = Latency(ms, ms, True, method)
         accuracy = top1_accuracy(outputs[index][0], dataset.labels) if dataset.labels is not None else None
         figures.append(
-            ModelFigures(str(path), model_size_bytes(path), cost.macs, cost.bops, cost.weight_bits_total, latency, accuracy, cost)
+            ModelFigures(
+                str(path), model_size_bytes(path), cost.macs // per_run, cost.bops // per_run,
+                cost.weight_bits_total, latency, accuracy, cost,
+            )
         )
     return PairFigures(figures[0], figures[1], fidelity)

@@ -1,4 +1,4 @@
-"""fold-batchnorm: BN folded into Conv/ConvTranspose/Gemm/MatMul keeps the outputs; unfoldable cases stay as they are."""
+"""fold-batchnorm: BN folded into Conv/ConvTranspose/Gemm/MatMul keeps the outputs; other cases stay as they are."""
 
 from __future__ import annotations
 
@@ -51,7 +51,13 @@ def _model(
 
 
 def _conv_bn(
-    *, bias: bool = False, group: int = 1, c_in: int = 4, c_out: int = 8, batch: int | str = "N", dtype: type = np.float32
+    *,
+    bias: bool = False,
+    group: int = 1,
+    c_in: int = 4,
+    c_out: int = 8,
+    batch: int | str = "N",
+    dtype: type = np.float32,
 ) -> ir.Model:
     rng = np.random.default_rng(0)
     inits = [_tensor("W", rng.normal(size=(c_out, c_in // group, 3, 3)).astype(dtype))]
@@ -289,7 +295,9 @@ def test_fold_two_convs_sharing_weight_and_batchnorm_params() -> None:
             helper.make_node("Conv", ["x", "W"], ["a"], name="conv_a"),
             _bn_node("a", "y"),
             helper.make_node("Conv", ["x", "W"], ["b"], name="conv_b"),
-            helper.make_node("BatchNormalization", ["b", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["z"], name="bn2"),
+            helper.make_node(
+                "BatchNormalization", ["b", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["z"], name="bn_b"
+            ),
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
         [

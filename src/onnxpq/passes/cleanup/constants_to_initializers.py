@@ -12,7 +12,8 @@ Handled attributes: ``value`` (any tensor, external data kept as is),
 (int64), ``value_string`` / ``value_strings``. Left untouched, with a DEBUG
 log line saying why:
 
-* ``sparse_value`` constants (an initializer of a graph cannot be sparse);
+* ``sparse_value`` constants (a graph's dense initializers cannot hold
+  them; note that onnx-ir 1.1 does not deserialise them at all yet);
 * a Constant whose output is a graph output (not every runtime accepts an
   initializer as a graph output);
 * Constants inside model-local functions (a function has no initializers);
@@ -50,11 +51,13 @@ def _label(node: ir.Node) -> str:
 def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
     """The tensor a Constant node produces, or None (logged) when it is not lifted."""
     if len(node.attributes) != 1:
-        logger.debug("constants-to-initializers: skipped '%s': it has %d attributes, not 1", _label(node), len(node.attributes))
+        logger.debug(
+            "constants-to-initializers: skipped '%s': it has %d attributes, not 1", _label(node), len(node.attributes)
+        )
         return None
     attr = next(iter(node.attributes.values()))
     if attr.is_ref():
-        logger.debug("constants-to-initializers: skipped '%s': its attribute refers to a function attribute", _label(node))
+        logger.debug("constants-to-initializers: skipped '%s': its attribute is a function reference", _label(node))
         return None
     name = node.outputs[0].name
     if attr.name == "value":
@@ -90,7 +93,7 @@ class ConstantsToInitializersPass(OnnxpqPass):
         for function in model.functions.values():
             if any(n.op_type == "Constant" for n in ir.traversal.RecursiveGraphIterator(function)):
                 logger.debug(
-                    "constants-to-initializers: function '%s' keeps its Constant nodes (functions have no initializers)",
+                    "constants-to-initializers: function '%s' keeps its Constants (functions have no initializers)",
                     function.name,
                 )
         if model.ir_version < 4:
@@ -108,7 +111,7 @@ class ConstantsToInitializersPass(OnnxpqPass):
             if graph is None or not output.name:
                 continue
             if output.is_graph_output():
-                logger.debug("constants-to-initializers: skipped '%s': its output '%s' is a graph output", _label(node), output.name)
+                logger.debug("constants-to-initializers: skipped '%s': its output is a graph output", _label(node))
                 continue
             tensor = _constant_tensor(node)
             if tensor is None:

@@ -21,6 +21,10 @@ Standard ONNX operators have no side effects; nodes of custom domains are
 treated the same way (unused is unused) — a custom operator whose effect is
 wanted must have a used output. Graph inputs are never removed (the model's
 signature and a Loop/Scan body's signature stay as they are). Exact.
+
+onnx-ir's ``RemoveUnusedOpsetsPass`` is not used: opset imports are not code,
+and it drops a domain from the model's imports when only a function body
+uses it.
 """
 
 from __future__ import annotations
@@ -111,7 +115,13 @@ class EliminateDeadPass(OnnxpqPass):
             if not changed:
                 break
         RemoveUnusedFunctionsPass()(model)
-        modified = _structure(model) != before
+        after = _structure(model)
+        modified = after != before
         if modified:
-            logger.debug("eliminate-dead: removed dead code")
+            logger.debug(
+                "eliminate-dead: %d nodes, %d initializers, %d functions removed",
+                len(before[0]) - len(after[0]),
+                sum(len(names) for _, names in before[1]) - sum(len(names) for _, names in after[1]),
+                len(before[2]) - len(after[2]),
+            )
         return ir.passes.PassResult(model, modified)

@@ -106,11 +106,20 @@ def _constant(value: ir.Value | None, what: str) -> ir.TensorProtocol:
     return value.const_value
 
 
-def _bias_array(producer: ir.Node, channels: int) -> np.ndarray | None:
-    """The producer's bias (input 2) in float64, or None when it has none."""
+def _bias(producer: ir.Node) -> ir.TensorProtocol | None:
+    """The producer's bias tensor (input 2), or None when it has none."""
     if len(producer.inputs) < 3 or producer.inputs[2] is None:
         return None
-    return _constant(producer.inputs[2], "bias").numpy().astype(np.float64)
+    return _constant(producer.inputs[2], "bias")
+
+
+def _array(tensor: ir.TensorProtocol) -> np.ndarray:
+    """The tensor's values in float64 (reads the data; shapes are checked before this)."""
+    return tensor.numpy().astype(np.float64)
+
+
+def _dims(tensor: ir.TensorProtocol) -> tuple[int, ...]:
+    return tuple(int(d) for d in tensor.shape)
 
 
 def _broadcast(scale: np.ndarray, rank: int, axis: int) -> np.ndarray:
@@ -119,66 +128,70 @@ def _broadcast(scale: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return scale.reshape(shape)
 
 
-def _fold_conv(producer: ir.Node, weight: np.ndarray, s: np.ndarray, t: np.ndarray) -> _Fold:
-    if weight.ndim < 3 or weight.shape[0] != s.size:
-        raise _Skip(f"Conv weight shape {list(weight.shape)} does not have {s.size} output channels on axis 0")
-    bias = _bias_array(producer, s.size)
-    if bias is not None and bias.shape != (s.size,):
-        raise _Skip(f"Conv bias shape {list(bias.shape)} is not [{s.size}]")
-    new_bias = t if bias is None else bias * s + t
-    return _Fold(weight * _broadcast(s, weight.ndim, 0), new_bias)
+def _fold_conv(producer: ir.Node, weight: ir.TensorProtocol, s: np.ndarray, t: np.ndarray) -> _Fold:
+    shape = _dims(weight)
+    if len(shape) < 3 or shape[0] != s.size:
+        raise _Skip(f"Conv weight shape {list(shape)} does not have {s.size} output channels on axis 0")
+    bias = _bias(producer)
+    if bias is not None and _dims(bias) != (s.size,):
+        raise _Skip(f"Conv bias shape {list(_dims(bias))} is not [{s.size}]")
+    new_bias = t if bias is None else _array(bias) * s + t
+    return _Fold(_array(weight) * _broadcast(s, len(shape), 0), new_bias)
 
 
-def _fold_conv_transpose(producer: ir.Node, weight: np.ndarray, s: np.ndarray, t: np.ndarray) -> _Fold:
+def _fold_conv_transpose(producer: ir.Node, weight: ir.TensorProtocol, s: np.ndarray, t: np.ndarray) -> _Fold:
     group = _int_attr(producer, "group", 1)
-    if weight.ndim < 3 or group < 1 or weight.shape[0] % group or weight.shape[1] * group != s.size:
+    shape = _dims(weight)
+    if len(shape) < 3 or group < 1 or shape[0] % group or shape[1] * group != s.size:
         raise _Skip(
-            f"ConvTranspose weight shape {list(weight.shape)} with group={group} does not have {s.size} output channels"
+            f"ConvTranspose weight shape {list(shape)} with group={group} does not have {s.size} output channels"
         )
-    c_in, per_group, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
-    grouped = weight.reshape(group, c_in // group, per_group, *kernel)
+    bias = _bias(producer)
+    if bias is not None and _dims(bias) != (s.size,):
+        raise _Skip(f"ConvTranspose bias shape {list(_dims(bias))} is not [{s.size}]")
+    c_in, per_group, kernel = shape[0], shape[1], shape[2:]
+    grouped = _array(weight).reshape(group, c_in // group, per_group, *kernel)
     scale = s.reshape(group, 1, per_group, *([1] * len(kernel)))
-    bias = _bias_array(producer, s.size)
-    if bias is not None and bias.shape != (s.size,):
-        raise _Skip(f"ConvTranspose bias shape {list(bias.shape)} is not [{s.size}]")
-    new_bias = t if bias is None else bias * s + t
-    return _Fold((grouped * scale).reshape(weight.shape), new_bias)
+    new_bias = t if bias is None else _array(bias) * s + t
+    return _Fold((grouped * scale).reshape(shape), new_bias)
 
 
-def _fold_gemm(producer: ir.Node, weight: np.ndarray, s: np.ndarray, t: np.ndarray) -> _Fold:
+def _fold_gemm(producer: ir.Node, weight: ir.TensorProtocol, s: np.ndarray, t: np.ndarray) -> _Fold:
     trans_b = _int_attr(producer, "transB", 0)
     alpha = _float_attr(producer, "alpha", 1.0)
     beta = _float_attr(producer, "beta", 1.0)
-    if weight.ndim != 2:
-        raise _Skip(f"Gemm weight is {weight.ndim}-D, not 2-D")
-    n = weight.shape[0] if trans_b else weight.shape[1]
+    shape = _dims(weight)
+    if len(shape) != 2:
+        raise _Skip(f"Gemm weight is {len(shape)}-D, not 2-D")
+    n = shape[0] if trans_b else shape[1]
     if n != s.size:
         raise _Skip(f"Gemm output has {n} columns, BN has {s.size} channels")
-    bias = _bias_array(producer, n)
+    bias = _bias(producer)
     if bias is None:
-        bias = np.zeros(n)
-    elif bias.ndim == 0 or (bias.ndim == 1 and bias.size in (1, n)):
-        bias = np.broadcast_to(bias.reshape(-1), (n,)) * beta
+        c = np.zeros(n)
+    elif len(_dims(bias)) == 0 or (len(_dims(bias)) == 1 and _dims(bias)[0] in (1, n)):
+        c = np.broadcast_to(_array(bias).reshape(-1), (n,)) * beta
     else:
-        raise _Skip(f"Gemm bias C has shape {list(bias.shape)}, not a scalar, [1] or [{n}]")
-    new_weight = alpha * weight * (s[:, None] if trans_b else s[None, :])
-    return _Fold(new_weight, bias * s + t, drop_attributes=("alpha", "beta"))
+        raise _Skip(f"Gemm bias C has shape {list(_dims(bias))}, not a scalar, [1] or [{n}]")
+    new_weight = alpha * _array(weight) * (s[:, None] if trans_b else s[None, :])
+    return _Fold(new_weight, c * s + t, drop_attributes=("alpha", "beta"))
 
 
-def _fold_matmul(producer: ir.Node, weight: np.ndarray, s: np.ndarray, t: np.ndarray) -> _Fold:
-    if weight.ndim != 2:
-        raise _Skip(f"MatMul weight is {weight.ndim}-D, not 2-D")
+def _fold_matmul(producer: ir.Node, weight: ir.TensorProtocol, s: np.ndarray, t: np.ndarray) -> _Fold:
+    shape = _dims(weight)
+    if len(shape) != 2:
+        raise _Skip(f"MatMul weight is {len(shape)}-D, not 2-D")
     ranks = {len(v.shape) for v in (producer.inputs[0], producer.outputs[0]) if v is not None and v.shape is not None}
     if not ranks:
         raise _Skip("the rank of MatMul's output is unknown")
     if ranks != {2}:
         raise _Skip(f"MatMul's output has rank {max(ranks)}: BN's channel axis 1 is not its last axis")
-    if weight.shape[1] != s.size:
-        raise _Skip(f"MatMul weight has {weight.shape[1]} columns, BN has {s.size} channels")
-    return _Fold(weight * s[None, :], t)
+    if shape[1] != s.size:
+        raise _Skip(f"MatMul weight has {shape[1]} columns, BN has {s.size} channels")
+    return _Fold(_array(weight) * s[None, :], t)
 
 
-_FOLDERS: dict[str, Callable[[ir.Node, np.ndarray, np.ndarray, np.ndarray], _Fold]] = {
+_FOLDERS: dict[str, Callable[[ir.Node, ir.TensorProtocol, np.ndarray, np.ndarray], _Fold]] = {
     "Conv": _fold_conv,
     "ConvTranspose": _fold_conv_transpose,
     "Gemm": _fold_gemm,
@@ -254,7 +267,8 @@ def _fold(bn: ir.Node, graph: ir.Graph, opset: int, names: set[str]) -> None:
     if x is None or producer is None:
         raise _Skip("its input is not produced by a node")
     if producer.domain not in _ONNX_DOMAINS or producer.op_type not in _FOLDERS:
-        raise _Skip(f"its input comes from {producer.domain or 'ai.onnx'}::{producer.op_type}, not Conv/ConvTranspose/Gemm/MatMul")
+        where = f"{producer.domain or 'ai.onnx'}::{producer.op_type}"
+        raise _Skip(f"its input comes from {where}, not Conv/ConvTranspose/Gemm/MatMul")
     if producer.graph is not graph:
         raise _Skip(f"its producer '{producer.name}' is in another graph")
     if len(producer.outputs) != 1 or len(producer.inputs) < 2:
@@ -271,7 +285,7 @@ def _fold(bn: ir.Node, graph: ir.Graph, opset: int, names: set[str]) -> None:
     if weight_tensor.dtype not in _FLOAT_TYPES:
         raise _Skip(f"its weight '{weight_value.name}' has dtype {weight_tensor.dtype}")
     dtype = weight_tensor.dtype.numpy()
-    fold = _FOLDERS[producer.op_type](producer, weight_tensor.numpy().astype(np.float64), s, t)
+    fold = _FOLDERS[producer.op_type](producer, weight_tensor, s, t)
 
     # Everything checked: edit the graph.
     old_bias = producer.inputs[2] if len(producer.inputs) > 2 else None
@@ -324,7 +338,9 @@ class FoldBatchNormPass(OnnxpqPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for function in model.functions.values():
             if any(n.op_type == "BatchNormalization" for n in ir.traversal.RecursiveGraphIterator(function)):
-                logger.debug("fold-batchnorm: function '%s' left untouched (functions have no initializers)", function.name)
+                logger.debug(
+                    "fold-batchnorm: function '%s' left untouched (functions have no initializers)", function.name
+                )
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         names = _model_names(model)
         folded = 0
