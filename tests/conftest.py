@@ -255,10 +255,20 @@ def _tiny_external(location: str, offset: int | str | None = 0, length: int | st
     return model
 
 
-def _external_constant(location: str) -> onnx.NodeProto:
+def _weight_from_constant(location: str, *, in_function: bool) -> onnx.ModelProto:
+    """The tiny model whose W comes from a Constant node (in the main graph or a model-local function) with external data."""
     value = numpy_helper.from_array(TINY_WEIGHT, "Wc")
     make_external(value, location, 0, TINY_WEIGHT.nbytes)
-    return helper.make_node("Constant", [], ["W"], name="const", value=value)
+    constant = helper.make_node("Constant", [], ["W"], name="const", value=value)
+    model = matmul_relu_model()
+    del model.graph.initializer[:]
+    if in_function:
+        model.functions.append(helper.make_function("local", "Weight", [], ["W"], [constant], [helper.make_opsetid("", OPSET)]))
+        model.opset_import.append(helper.make_opsetid("local", 1))
+        model.graph.node.insert(0, helper.make_node("Weight", [], ["W"], name="weight", domain="local"))
+    else:
+        model.graph.node.insert(0, constant)
+    return model
 
 
 def _unsafe(kind: str, model_dir: Path, outside: Path) -> tuple[onnx.ModelProto, str]:
@@ -317,10 +327,7 @@ def _unsafe(kind: str, model_dir: Path, outside: Path) -> tuple[onnx.ModelProto,
         model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3]))
         return model, r"subgraph.*'\.\.'"
     if kind == "constant-attribute-absolute":
-        model = matmul_relu_model()
-        del model.graph.initializer[:]
-        model.graph.node.insert(0, _external_constant(absolute))
-        return model, "attribute 'value'.*absolute"
+        return _weight_from_constant(absolute, in_function=False), "attribute 'value'.*absolute"
     if kind == "sparse-initializer-dotdot":
         model = matmul_relu_model()
         del model.graph.initializer[:]
@@ -330,15 +337,7 @@ def _unsafe(kind: str, model_dir: Path, outside: Path) -> tuple[onnx.ModelProto,
         model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4, 3]))
         return model, r"sparse initializer.*'\.\.'"
     if kind == "function-attribute-absolute":
-        model = matmul_relu_model()
-        del model.graph.initializer[:]
-        function = helper.make_function(
-            "local", "Weight", [], ["W"], [_external_constant(absolute)], [helper.make_opsetid("", OPSET)]
-        )
-        model.functions.append(function)
-        model.opset_import.append(helper.make_opsetid("local", 1))
-        model.graph.node.insert(0, helper.make_node("Weight", [], ["W"], name="weight", domain="local"))
-        return model, "function 'Weight'.*absolute"
+        return _weight_from_constant(absolute, in_function=True), "function 'Weight'.*absolute"
     raise AssertionError(f"unknown case {kind}")
 
 
@@ -375,3 +374,27 @@ def unsafe_external_model(request: pytest.FixtureRequest, tmp_path: Path) -> Bad
     path = model_dir / "m.onnx"
     path.write_bytes(model.SerializeToString())
     return BadModel(path, reason)
+
+
+# --------------------------------------------------------------------------- valid external data
+
+@pytest.fixture
+def external_weight_model() -> Callable[[Path, str, str], Path]:
+    """Factory ``(folder, where, data_name) -> folder/m.onnx``: the tiny model, W stored in ``folder/data_name``.
+
+    ``where`` the external tensor sits: ``initializer``, ``constant`` (a Constant node's value) or
+    ``function`` (a Constant node inside a model-local function).
+    """
+
+    def write(folder: Path, where: str = "initializer", data_name: str = "w.bin") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / data_name).write_bytes(TINY_WEIGHT.tobytes())
+        if where == "initializer":
+            model = _tiny_external(data_name)
+        else:
+            model = _weight_from_constant(data_name, in_function=where == "function")
+        path = folder / "m.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    return write

@@ -112,23 +112,9 @@ def _assert_refused(code: int, stderr: str, out_dir: Path, input_root: Path, bef
 # --------------------------------------------------------------------------- bad model files (in-process)
 
 
-#: Malformed models on which onnx-ir's deserialiser logs WARNING lines to stderr before our one error line.
-_SERDE_WARNS = {"dangling-input", "subgraph-dangling-input", "output-not-produced"}
-
-
 def test_malformed_model_exits_2_and_writes_nothing(
-    malformed_model: Any, out_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+    malformed_model: Any, out_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if request.node.callspec.params["malformed_model"] in _SERDE_WARNS:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="io.load_model calls ir.serde.deserialize_model before verify_structure; onnx-ir logs "
-                "'WARNING onnx_ir.serde: ... cannot be found in any scope' / '... is not produced by any node' "
-                "on stderr, so the CLI prints more than one line",
-            )
-        )
     before = _snapshot(tmp_path / "in")
     code, err = _in_process(_optimize_argv(malformed_model.path, out_dir), capsys)
     _assert_refused(code, err, out_dir, tmp_path / "in", before)
@@ -147,6 +133,11 @@ def test_unsafe_external_data_exits_2_and_writes_nothing(
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> Path:
     np.savez(path, **arrays)
+    return path
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
     return path
 
 
@@ -171,11 +162,6 @@ _BAD_USAGE: dict[str, Callable[[Path, Path, Path], list[str]]] = {
 }
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
 @pytest.mark.parametrize("case", list(_BAD_USAGE))
 def test_bad_usage_with_a_valid_model_exits_2_and_writes_nothing(
     case: str, tiny_model_path: Path, out_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -185,6 +171,23 @@ def test_bad_usage_with_a_valid_model_exits_2_and_writes_nothing(
     argv = _BAD_USAGE[case](tiny_model_path, out_dir, scratch)
     before = _snapshot(tmp_path / "in")
     code, err = _in_process(argv, capsys)
+    _assert_refused(code, err, out_dir, tmp_path / "in", before)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "initializer",
+        "constant",
+        "function",
+    ],
+)
+def test_output_whose_data_file_is_the_inputs_data_exits_2(
+    where: str, external_weight_model: Callable[..., Path], out_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = external_weight_model(tmp_path / "in" / "model", where, "out.onnx.data")
+    before = _snapshot(tmp_path / "in")
+    code, err = _in_process(_optimize_argv(model, out_dir, output=model.parent / "out.onnx"), capsys)
     _assert_refused(code, err, out_dir, tmp_path / "in", before)
 
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ BIG_WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float3
 
 
 def matmul_relu_model(weight: np.ndarray = TINY_WEIGHT) -> onnx.ModelProto:
-    """``y = Relu(x @ W)``, ``x: float[N, K]``, initializer ``W: float[K, M]`` (as in conftest.py)."""
+    """``y = Relu(x @ W)``, ``x: float[N, K]``, initializer ``W: float[K, M]``.
+
+    The same graph as conftest.py builds; conftest is not imported, its module name is not unique in tests/.
+    """
     k, m = weight.shape
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
@@ -138,35 +142,18 @@ def test_initializer_listed_as_graph_input_loads(tmp_path: Path) -> None:
     assert [value.name for value in model.graph.inputs] == ["x", "W"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="io.load_model sets the external-data base folder on model.graph only (set_base_dir skips "
-    "model.functions), so tensors inside functions resolve against the working directory",
-)
-def test_external_tensor_inside_a_function_is_read_from_the_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "w.bin").write_bytes(TINY_WEIGHT.tobytes())
-    value = numpy_helper.from_array(TINY_WEIGHT, "Wc")
-    make_external(value, "w.bin", 0, TINY_WEIGHT.nbytes)
-    proto = matmul_relu_model()
-    del proto.graph.initializer[:]
-    proto.functions.append(
-        helper.make_function(
-            "local", "Weight", [], ["W"], [helper.make_node("Constant", [], ["W"], value=value)], [helper.make_opsetid("", OPSET)]
-        )
-    )
-    proto.opset_import.append(helper.make_opsetid("local", 1))
-    proto.graph.node.insert(0, helper.make_node("Weight", [], ["W"], name="weight", domain="local"))
-    onnx.save(proto, folder / "m.onnx")
+def test_external_tensor_inside_a_function_is_read_from_the_model_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external_weight_model: Callable[..., Path]
+) -> None:
+    path = external_weight_model(tmp_path / "in", "function", "w.bin")
     decoy = tmp_path / "cwd"
     decoy.mkdir()
     (decoy / "w.bin").write_bytes(np.full(12, 666.0, np.float32).tobytes())
     monkeypatch.chdir(decoy)
-    model = io.load_model(folder / "m.onnx")
+    model = io.load_model(path)
     function = next(iter(model.functions.values()))
     tensor = next(iter(function)).attributes["value"].value
+    assert isinstance(tensor, ir.ExternalTensor)
     np.testing.assert_array_equal(tensor.numpy(), TINY_WEIGHT)
 
 
@@ -290,38 +277,27 @@ def test_model_size_bytes_counts_a_shared_data_file_once(tmp_path: Path) -> None
     assert io.model_size_bytes(folder / "m.onnx") == (folder / "m.onnx").stat().st_size + BIG_WEIGHT.nbytes + 128
 
 
-def _external_constant_model(folder: Path, in_function: bool) -> Path:
-    """Relu(x @ W) where W comes from a Constant node (main graph or a function) whose tensor is external."""
-    folder.mkdir(parents=True)
-    (folder / "w.bin").write_bytes(BIG_WEIGHT.tobytes())
-    value = numpy_helper.from_array(BIG_WEIGHT, "Wc")
-    make_external(value, "w.bin", 0, BIG_WEIGHT.nbytes)
-    constant = helper.make_node("Constant", [], ["W"], name="const", value=value)
-    proto = matmul_relu_model(BIG_WEIGHT)
-    del proto.graph.initializer[:]
-    if in_function:
-        proto.functions.append(helper.make_function("local", "Weight", [], ["W"], [constant], [helper.make_opsetid("", OPSET)]))
-        proto.opset_import.append(helper.make_opsetid("local", 1))
-        proto.graph.node.insert(0, helper.make_node("Weight", [], ["W"], name="weight", domain="local"))
-    else:
-        proto.graph.node.insert(0, constant)
-    onnx.save(proto, folder / "m.onnx")
-    return folder / "m.onnx"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=OutputError,
-    reason="stage_model only moves initializers to the new data file (ir.save/unload_from_model and "
-    "io.external_files skip attribute and function tensors): the written model keeps location 'w.bin', "
-    "which is not beside it, and the onnx checker refuses it -> OutputError on a valid model",
-)
-@pytest.mark.parametrize("in_function", [False, True], ids=["constant-node", "constant-in-function"])
-def test_external_attribute_tensor_round_trips(tmp_path: Path, out_dir: Path, in_function: bool) -> None:
-    path = _external_constant_model(tmp_path / "in", in_function)
+@pytest.mark.parametrize("where", ["constant", "function"])
+def test_external_attribute_tensor_round_trips(
+    tmp_path: Path, out_dir: Path, external_weight_model: Callable[..., Path], where: str
+) -> None:
+    path = external_weight_model(tmp_path / "in", where, "w.bin")
     io.save_model(io.load_model(path), out_dir / "o.onnx")
-    x = _x(64)
+    assert os.listdir(out_dir) == ["o.onnx"]
+    x = _x(4)
     np.testing.assert_array_equal(_run(out_dir / "o.onnx", x), _run(path, x))
+
+
+@pytest.mark.parametrize("where", ["constant", "function"])
+def test_save_refuses_a_data_file_the_inputs_attribute_tensors_use(
+    tmp_path: Path, external_weight_model: Callable[..., Path], where: str
+) -> None:
+    path = external_weight_model(tmp_path / "in", where, "o.onnx.data")
+    before = _snapshot(path.parent)
+    model = io.load_model(path)
+    with pytest.raises(OutputError, match="refusing to overwrite"):
+        io.save_model(model, path.parent / "o.onnx", protect=(path,))
+    assert _snapshot(path.parent) == before
 
 
 # --------------------------------------------------------------------------- over 2 GiB
@@ -353,19 +329,20 @@ def test_model_over_2_gib_is_written_with_external_data_and_reloads(tmp_path: Pa
     graph = ir.Graph([x], [current], nodes=nodes, initializers=weights, opset_imports={"": OPSET}, name="big")
     model = ir.Model(graph, ir_version=10)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    written = io.save_model(model, tmp_path / "big.onnx")
-
-    peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
-    assert peak_growth < 2 * nbytes, f"saving held {peak_growth / 2**30:.2f} GiB: tensors were not streamed"
-    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
-    assert (tmp_path / "big.onnx.data").stat().st_size == count * nbytes
-    assert written.stat().st_size < 1_000_000
-    onnx.checker.check_model(str(written))
-    loaded = io.load_model(written)
-    tensors = [value.const_value for value in loaded.graph.initializers.values()]
-    assert [t.name for t in tensors] == [f"W{i}" for i in range(count)]
-    assert all(isinstance(t, ir.ExternalTensor) and t.nbytes == nbytes for t in tensors)
-    assert [t.offset for t in tensors] == [i * nbytes for i in range(count)]
-    for index, tensor in enumerate(tensors):  # memory-mapped: reads a page, not 600 MiB
-        np.testing.assert_array_equal(tensor.numpy()[-2:, -2:], np.full((2, 2), index + 1, np.float32))
+    try:
+        written = io.save_model(model, tmp_path / "big.onnx")
+        peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
+        assert peak_growth < 2 * nbytes, f"saving held {peak_growth / 2**30:.2f} GiB: tensors were not streamed"
+        assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+        assert (tmp_path / "big.onnx.data").stat().st_size == count * nbytes
+        assert written.stat().st_size < 1_000_000
+        onnx.checker.check_model(str(written))
+        loaded = io.load_model(written)
+        tensors = [value.const_value for value in loaded.graph.initializers.values()]
+        assert [t.name for t in tensors] == [f"W{i}" for i in range(count)]
+        assert all(isinstance(t, ir.ExternalTensor) and t.nbytes == nbytes for t in tensors)
+        assert [t.offset for t in tensors] == [i * nbytes for i in range(count)]
+        for index, tensor in enumerate(tensors):  # memory-mapped: reads a page, not 600 MiB
+            np.testing.assert_array_equal(tensor.numpy()[-2:, -2:], np.full((2, 2), index + 1, np.float32))
+    finally:
+        (tmp_path / "big.onnx.data").unlink(missing_ok=True)  # 2.3 GiB: do not keep it in pytest's kept tmp dirs

@@ -361,7 +361,10 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
     proto = _parse(path)
     _check_header(proto, path)
     base_dir = path.parent if str(path.parent) else Path(".")
-    _check_external_data(proto, base_dir)
+    try:
+        _check_external_data(proto, base_dir)
+    except UnsafeModelError as exc:
+        raise UnsafeModelError(f"{path}: {exc}") from exc
     try:
         with _quiet_serde():
             model = ir.serde.deserialize_model(proto)
@@ -393,11 +396,20 @@ def _run_checker(path: Path) -> None:
 
 
 def external_files(model: ir.Model) -> set[Path]:
-    """Real paths of every external-data file the model's tensors currently point to."""
+    """Real paths of every external-data file the model's tensors point to.
+
+    Initializers of every graph, and TENSOR/TENSORS attributes (Constant
+    values, ...) in the graph, its subgraphs and the model's functions.
+    """
     files: set[Path] = set()
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
             tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                files.add(Path(tensor.path).resolve())
+    for node, name in _external_attribute_nodes(model):
+        attr = node.attributes[name]
+        for tensor in attr.value if attr.type == ir.AttributeType.TENSORS else [attr.value]:
             if isinstance(tensor, ir.ExternalTensor):
                 files.add(Path(tensor.path).resolve())
     return files
@@ -562,9 +574,9 @@ def stage_model(
             raise OutputError(
                 f"{target}: refusing to overwrite the input model or its data; choose another output path"
             )
+    model = _inline_attribute_tensors(model)
     if external_data is None:
         external_data = bool(external_files(model)) or _tensor_bytes(model) > INLINE_LIMIT_BYTES
-    model = _inline_attribute_tensors(model)
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxpq-tmp-", dir=folder))
     except OSError as exc:

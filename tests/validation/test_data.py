@@ -120,7 +120,7 @@ def test_load_dataset_refuses_inputs_with_different_sample_counts(tmp_path: Path
 def test_load_dataset_refuses_a_file_that_is_not_npz(tmp_path: Path) -> None:
     path = tmp_path / "data.npz"
     path.write_text("x,y\n1,2\n")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="not an .npz"):
         load_dataset(path, _model(BATCHED))
 
 

@@ -56,6 +56,8 @@ def synthesized_dataset(model: ir.Model, count: int = 32, *, seed: int = 0) -> D
 def load_dataset(path: str | Path, model: ir.Model) -> Dataset:
     """Load and check an ``.npz`` dataset against ``model``'s inputs."""
     path = Path(path)
+    if path.is_file() and path.suffix != ".npy" and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz (zip) archive of arrays named after the model inputs")
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):

@@ -41,6 +41,7 @@ from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxpq.core.context import PassContext
 from onnxpq.core.pass_base import OnnxpqPass
@@ -74,6 +75,14 @@ _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 class _Params:
     scale: float
     zero_point: int
+
+
+def _infer_types(model: ir.Model) -> None:
+    """Fill in value types and shapes (onnx shape inference; large initializers are not serialised for it)."""
+    try:
+        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except Exception as exc:  # noqa: BLE001 - partial types are still usable; untyped values stay float
+        logger.debug("quantize-static: shape inference failed (%s); using the types the model has", exc)
 
 
 def _int_attr(node: ir.Node, name: str, default: int) -> int:
@@ -274,6 +283,7 @@ class QuantizeStaticPass(OnnxpqPass):
         if self.per_channel and not per_channel:
             logger.info("quantize-static: opset %d < 13, weights quantized per tensor", opset)
         unsigned = self._unsigned(ctx)
+        _infer_types(model)
         plan = self._plan(graph, unsigned)
         if not plan.nodes and not plan.relu_folds:
             ctx.note("quantized_nodes", 0)
