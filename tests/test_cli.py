@@ -57,10 +57,11 @@ def test_optimize_writes_model_and_reports_and_exits_0(tmp_path: Path, model_pat
                  str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html"), "--latency-runs", "3", "-q"])
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["baseline"]["accuracy"] == 1.0 and report["optimized"]["accuracy"] == 1.0
+    assert report["baseline"]["accuracy"] == 1.0 and report["optimized"]["accuracy"] >= 0.95
     assert [p["name"] for p in report["passes"]] == [
-        "constants-to-initializers", "eliminate-identity", "fold-batchnorm", "eliminate-dead"]
-    assert [n.op_type for n in ir.load(out).graph] == ["Mul", "MatMul", "Relu"]
+        "constants-to-initializers", "eliminate-identity", "fold-batchnorm", "eliminate-dead", "quantize-static"]
+    assert "MatMul" in [n.op_type for n in ir.load(out).graph]
+    assert report["optimized"]["kernels"]["integer"] == {"QLinearMatMul": 1}
     assert "<table" in (tmp_path / "r.html").read_text()
 
 

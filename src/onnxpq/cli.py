@@ -55,6 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--max-accuracy-drop", type=float, help="gate: largest allowed absolute accuracy drop (0.01 = 1 pt)")
     opt.add_argument("--dump-on-failure", metavar="DIR", help="write a reproducer here when a pass fails")
     opt.add_argument("--latency-runs", type=int, default=50, help="timed runs per model [50]")
+    opt.add_argument("--latency-batch", type=int, default=1, help="samples per timed run (models with a batch axis) [1]")
     opt.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency [1]")
 
     val = sub.add_parser("validate", parents=[common], help="measure a model against its reference")
@@ -66,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     val.add_argument("--html", help="write the HTML report here")
     val.add_argument("--max-accuracy-drop", type=float, help="gate: largest allowed absolute accuracy drop")
     val.add_argument("--latency-runs", type=int, default=50, help="timed runs per model [50]")
+    val.add_argument("--latency-batch", type=int, default=1, help="samples per timed run (models with a batch axis) [1]")
     val.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency [1]")
 
     passes = sub.add_parser("passes", parents=[common], help="list passes, or show one")
@@ -79,7 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="optimize the embedded digits CNN for cpu and print the table")
     demo.add_argument("--out-dir", default=".", help="where to write demo-report.json/.html and the model [.]")
     demo.add_argument("-t", "--target", default="cpu", help="target [cpu]")
-    demo.add_argument("--latency-runs", type=int, default=200, help="timed runs per model [200]")
+    demo.add_argument("--latency-runs", type=int, default=100, help="timed runs per model [100]")
+    demo.add_argument("--latency-batch", type=int, default=64, help="digits per timed run [64]")
     return parser
 
 
@@ -132,6 +135,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         dump_on_failure=args.dump_on_failure,
         latency_runs=_positive(args.latency_runs, "--latency-runs"),
+        latency_batch=_positive(args.latency_batch, "--latency-batch"),
         threads=_positive(args.threads, "--threads"),
         progress=_progress_enabled(args),
     )
@@ -153,6 +157,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         html=args.html,
         max_accuracy_drop=args.max_accuracy_drop,
         latency_runs=_positive(args.latency_runs, "--latency-runs"),
+        latency_batch=_positive(args.latency_batch, "--latency-batch"),
         threads=_positive(args.threads, "--threads"),
     )
     if not args.quiet:
@@ -208,6 +213,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         Path(args.out_dir),
         target=args.target,
         latency_runs=_positive(args.latency_runs, "--latency-runs"),
+        latency_batch=_positive(args.latency_batch, "--latency-batch"),
         progress=_progress_enabled(args),
     )
     if not args.quiet:

@@ -26,7 +26,8 @@ def run_demo(
     out_dir: Path,
     *,
     target: str = "cpu",
-    latency_runs: int = 200,
+    latency_runs: int = 100,
+    latency_batch: int = 64,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; write ``demo-digits.onnx``, ``demo-report.json`` and ``demo-report.html`` in ``out_dir``."""
@@ -47,6 +48,7 @@ def run_demo(
             html=out_dir / "demo-report.html",
             max_accuracy_drop=0.01,
             latency_runs=latency_runs,
+            latency_batch=latency_batch,
             progress=progress,
         )
     return result.report

@@ -21,7 +21,7 @@ from onnxpq.core.context import PassContext
 from onnxpq.core.manager import PassManager
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.errors import DataError, OutputError
-from onnxpq.io import load_model, stage_model, write_text_atomic
+from onnxpq.io import external_files, load_model, stage_model, write_text_atomic
 from onnxpq.report.html import render_html
 from onnxpq.report.schema import build_report, report_json
 from onnxpq.targets.profile import Target, load_target
@@ -140,6 +140,7 @@ def optimize(
     max_accuracy_drop: float | None = None,
     dump_on_failure: PathLike | None = None,
     latency_runs: int = 50,
+    latency_batch: int = 1,
     threads: int = 1,
     progress: bool = True,
 ) -> OptimizeResult:
@@ -156,6 +157,7 @@ def optimize(
         max_accuracy_drop: gate on the absolute accuracy drop (fraction).
         dump_on_failure: folder for a reproducer when a pass fails.
         latency_runs: timed runs per model (interleaved).
+        latency_batch: samples per timed run, for models with a batch axis.
         threads: onnxruntime intra-op threads for latency.
         progress: per-pass status line on a terminal.
 
@@ -179,8 +181,12 @@ def optimize(
     )
     with PassContext(target=chosen, calibration=calib.inputs):
         result = manager(ir_model)
-    with stage_model(result.model, out_path, protect=(model_path,)) as staged:
-        figures = measure_pair(model_path, staged.path, chosen, dataset, latency_runs=latency_runs, threads=threads)
+    protected = (model_path, *external_files(ir_model))
+    with stage_model(result.model, out_path, protect=protected) as staged:
+        figures = measure_pair(
+            model_path, staged.path, chosen, dataset,
+            latency_runs=latency_runs, latency_batch=latency_batch, threads=threads,
+        )
         figures.optimized.path = str(out_path)
         gate = _gate(figures, dataset, max_accuracy_drop)
         the_report = build_report(
@@ -212,6 +218,7 @@ def validate(
     html: PathLike | None = None,
     max_accuracy_drop: float | None = None,
     latency_runs: int = 50,
+    latency_batch: int = 1,
     threads: int = 1,
 ) -> ValidateResult:
     """Measure ``model`` against ``reference`` on ``target`` (fidelity, accuracy, latency, size, cost)."""
@@ -229,7 +236,9 @@ def validate(
         )
     dataset = _dataset(ref_model, data)
     _check_gate_possible(ref_model, dataset, max_accuracy_drop)
-    figures = measure_pair(ref_path, model_path, chosen, dataset, latency_runs=latency_runs, threads=threads)
+    figures = measure_pair(
+        ref_path, model_path, chosen, dataset, latency_runs=latency_runs, latency_batch=latency_batch, threads=threads
+    )
     gate = _gate(figures, dataset, max_accuracy_drop)
     the_report = build_report(
         command="validate",

@@ -40,7 +40,7 @@ def test_page_shows_the_pipeline_text(page: str, report: dict[str, Any]) -> None
 
 def test_page_lists_every_pass(page: str, report: dict[str, Any]) -> None:
     for entry in report["passes"]:
-        assert f"<td><code>{entry['name']}</code></td>" in page
+        assert f"<td><code>{html.escape(entry['pipeline'])}</code></td>" in page
 
 
 def test_page_written_by_optimize_equals_render_html(build_report: Callable[..., Any]) -> None:

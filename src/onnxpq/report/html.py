@@ -74,14 +74,18 @@ def _fidelity(report: dict[str, Any]) -> str:
 
 
 def _passes(report: dict[str, Any]) -> str:
-    head = "<tr><th>#</th><th>Pass</th><th>Kind</th><th>Modified</th><th>Seconds</th><th>Nodes</th><th>Params</th><th>Check</th></tr>"
+    head = (
+        "<tr><th>#</th><th>Pass</th><th>Kind</th><th>Modified</th><th>Seconds</th><th>Nodes</th><th>Params</th>"
+        "<th>Check</th><th>Details</th></tr>"
+    )
     rows = []
     for i, p in enumerate(report["passes"], 1):
         rows.append(
             f"<tr><td>{i}</td><td><code>{_esc(p['pipeline'])}</code></td><td>{'exact' if p['exact'] else 'lossy'}</td>"
             f"<td>{'yes' if p['modified'] else 'no'}</td><td>{p['seconds']:.3f}</td>"
             f"<td>{p['nodes_before']} → {p['nodes_after']}</td><td>{p['params_before']:,} → {p['params_after']:,}</td>"
-            f"<td>{_esc(p['numerical_check'])}</td></tr>"
+            f"<td>{_esc(p['numerical_check'])}</td>"
+            f"<td>{'; '.join(f'{_esc(k)}: {_esc(v)}' for k, v in p.get('details', {}).items())}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 

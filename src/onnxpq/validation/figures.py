@@ -3,12 +3,15 @@
 * size: bytes on disk, the .onnx plus its external data files;
 * MACs and bit-operations per sample (batch 1), from shapes (:mod:`onnxpq.analysis.macs`);
 * latency: when the target's first execution provider exists here and its
-  cost model is ``measured``, both models run in onnxruntime on one sample,
-  interleaved (A B A B ...) after a warm-up, and p50/p90 are reported with the
-  thread count; otherwise latency is *estimated* as bops / bops_per_second and
-  says so (``estimated: true``);
+  cost model is ``measured``, both models run in onnxruntime on one batch
+  (``latency_batch`` samples, 1 by default), interleaved (A B A B ...) after a
+  warm-up, and p50/p90 of one run are reported with the batch and thread
+  count; otherwise latency is *estimated* as bops / bops_per_second for one
+  sample and says so (``estimated: true``);
 * task accuracy: top-1 of the first output against ``labels``, when given;
-* fidelity of the candidate's outputs against the reference's.
+* fidelity of the candidate's outputs against the reference's;
+* the kernels onnxruntime actually runs (:mod:`onnxpq.validation.kernels`):
+  integer kernels versus float compute kernels left after its fusions.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from onnxpq.io import load_model, model_size_bytes
 from onnxpq.targets.profile import Target
 from onnxpq.validation.data import Dataset
 from onnxpq.validation.fidelity import Fidelity, compare_outputs
+from onnxpq.validation.kernels import KernelCensus, kernel_census
 
 __all__ = ["Latency", "ModelFigures", "PairFigures", "measure_pair", "top1_accuracy"]
 
@@ -63,6 +67,7 @@ class ModelFigures:
     latency: Latency
     accuracy: float | None
     cost: ModelCost | None = field(default=None, repr=False)
+    kernels: KernelCensus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +79,7 @@ class ModelFigures:
             "latency_ms": self.latency.to_dict(),
             "accuracy": self.accuracy,
             "macs_unresolved_nodes": list(self.cost.unresolved) if self.cost else [],
+            "kernels": self.kernels.to_dict() if self.kernels else None,
         }
 
 
@@ -92,18 +98,24 @@ def top1_accuracy(output: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=-1) == labels))
 
 
-def _one_sample(dataset: Dataset, model_inputs: list[ort.NodeArg]) -> dict[str, np.ndarray]:
-    """One inference's feed: one sample, or the model's fixed batch when its first dim is fixed."""
-    feed = {}
+def _latency_feed(dataset: Dataset, model_inputs: list[ort.NodeArg], batch: int) -> tuple[dict[str, np.ndarray], int]:
+    """One inference's feed and its batch: ``batch`` samples on a symbolic batch axis, else the model's own."""
+    feed, used = {}, 1
     args = {i.name: i for i in model_inputs}
     for name, array in dataset.inputs.items():
         shape = args[name].shape if name in args else []
         if array.ndim == len(shape) + 1:
             feed[name] = array[0]
+        elif shape and isinstance(shape[0], int):
+            feed[name] = array[: shape[0]]
+            used = max(used, shape[0])
         else:
-            batch = shape[0] if shape and isinstance(shape[0], int) else 1
+            if len(array) < batch:
+                reps = -(-batch // len(array))
+                array = np.concatenate([array] * reps, axis=0)
             feed[name] = array[:batch]
-    return feed
+            used = max(used, batch)
+    return feed, used
 
 
 def _interleaved_latency(
@@ -143,6 +155,7 @@ def measure_pair(
     dataset: Dataset,
     *,
     latency_runs: int = 50,
+    latency_batch: int = 1,
     warmup: int = 5,
     threads: int = 1,
 ) -> PairFigures:
@@ -168,9 +181,14 @@ def measure_pair(
 
     measured = target.cost.model == "measured" and target.providers[0] in ort.get_available_providers()
     if measured:
-        feeds = [_one_sample(dataset, s.get_inputs()) for s in sessions]
+        feeds_batches = [_latency_feed(dataset, s.get_inputs(), latency_batch) for s in sessions]
+        feeds = [feed for feed, _ in feeds_batches]
         times = _interleaved_latency(sessions, feeds, latency_runs, warmup)
-        method = f"measured: onnxruntime {target.providers[0]}, batch 1, interleaved A/B, {latency_runs} runs"
+        batch_used = feeds_batches[0][1]
+        method = (
+            f"measured: onnxruntime {target.providers[0]}, batch {batch_used}, {threads} thread(s), "
+            f"interleaved A/B, {latency_runs} runs"
+        )
     else:
         reason = (
             f"{target.providers[0]} is not available here"
@@ -199,7 +217,7 @@ def measure_pair(
         figures.append(
             ModelFigures(
                 str(path), model_size_bytes(path), cost.macs // per_run, cost.bops // per_run,
-                cost.weight_bits_total, latency, accuracy, cost,
+                cost.weight_bits_total, latency, accuracy, cost, kernel_census(path, target.providers),
             )
         )
     return PairFigures(figures[0], figures[1], fidelity)

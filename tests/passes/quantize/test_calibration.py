@@ -72,7 +72,7 @@ def _activations(model: ir.Model, name: str, x: np.ndarray, *, per_sample: bool 
     return session.run(None, {"x": x})[0]
 
 
-def _data(count: int, *, per_sample: bool = False, seed: int = 3) -> np.ndarray:
+def _data(count: int, *, seed: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, K)).astype(np.float32) * 2.0
 
 
@@ -120,6 +120,19 @@ def test_graph_inputs_outputs_and_initializers_can_be_calibrated() -> None:
     assert ranges["x"] == TensorRange(float(x.min()), float(x.max()))
     assert ranges["y"] == TensorRange(float(y.min()), float(y.max()))
     assert ranges["W"] == TensorRange(float(w.min()), float(w.max()))
+
+
+def test_nodes_the_tensors_do_not_depend_on_are_not_run() -> None:
+    """A branch that fails at run time (a Reshape to an impossible shape) does not matter to ``h``."""
+    proto = ir.to_proto(_mlp())
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([7, 5], np.int64), "bad_shape"))
+    proto.graph.node.append(helper.make_node("Reshape", ["x", "bad_shape"], ["bad"]))
+    proto.graph.output.append(helper.make_tensor_value_info("bad", TensorProto.FLOAT, [7, 5]))
+    model, x = ir.from_proto(proto), _data(10)
+    values = _activations(_mlp(), "h", x)
+    assert calibrate(model, ["h"], {"x": x}) == {"h": TensorRange(float(values.min()), float(values.max()))}
+    with pytest.raises(DataError, match="rejected batch 0"):
+        calibrate(model, ["bad"], {"x": x})
 
 
 def test_duplicate_names_are_calibrated_once_in_the_order_given() -> None:
@@ -370,3 +383,25 @@ def test_peak_memory_stays_bounded_on_a_tensor_of_one_mib_per_sample(method: str
     assert x.min() <= ranges["t"].lo <= ranges["t"].hi <= x.max()
     if method == "minmax":
         assert ranges["t"] == TensorRange(float(x.min()), float(x.max()))
+
+
+def test_an_external_bfloat16_initializer_is_read_by_onnxruntime_from_the_model_folder(tmp_path: Path) -> None:
+    """numpy has no bfloat16: such a tensor keeps its external reference, resolved against the model's folder."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w = np.random.default_rng(8).normal(size=(K, M)).astype(ml_dtypes.bfloat16)
+    x_value = ir.val("x", ir.DataType.FLOAT, ["N", K])
+    w_value = ir.Value(name="Wb", const_value=ir.tensor(w, name="Wb"), type=ir.TensorType(ir.DataType.BFLOAT16), shape=ir.Shape([K, M]))
+    cast = ir.node("Cast", [w_value], attributes={"to": ir.DataType.FLOAT})
+    matmul = ir.node("MatMul", [x_value, cast.outputs[0]])
+    matmul.outputs[0].name = "h"
+    graph = ir.Graph([x_value], matmul.outputs, nodes=[cast, matmul], initializers=[w_value], opset_imports={"": OPSET})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    ir.save(ir.Model(graph, ir_version=10), folder / "m.onnx", external_data="w.data")
+    loaded = ir.load(folder / "m.onnx")
+    assert isinstance(loaded.graph.initializers["Wb"].const_value, ir.ExternalTensor)
+    x = _data(20)
+    expected = x @ w.astype(np.float32)
+    got = calibrate(loaded, ["h"], {"x": x})["h"]
+    assert got.lo == pytest.approx(float(expected.min()), rel=1e-5)
+    assert got.hi == pytest.approx(float(expected.max()), rel=1e-5)

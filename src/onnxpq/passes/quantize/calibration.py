@@ -75,14 +75,16 @@ numpy-native dtype is handed to onnxruntime with
 ``SessionOptions.add_external_initializers`` as an OrtValue over the array
 onnx-ir already holds — memory-mapped for external data, the in-memory array
 otherwise — and the serialised graph carries an external-data placeholder of
-the same name. So nothing is copied into protobuf, the 2 GiB protobuf limit
-does not apply, and onnxruntime never has to resolve an external file from
-in-memory bytes (it refuses: "External data path for model loaded from bytes
-escapes working directory"). Small tensors and other dtypes are inlined.
-External tensors that cannot be injected this way (in subgraphs, attributes
-or functions) are resolved with the session option
-``session.model_external_initializers_file_folder_path`` pointing at their
-(single) folder; nothing is written anywhere.
+the same name (onnxruntime only lets an initializer be replaced this way when
+the graph declares it external). So no weight is copied into protobuf, the
+2 GiB protobuf limit does not apply, and onnxruntime never has to resolve an
+external file from in-memory bytes, which it refuses ("External data path for
+model loaded from bytes escapes working directory"). Tensors under 1 KiB are
+serialised inline. External tensors that cannot be injected (a dtype numpy
+lacks, such as bfloat16 or int4; initializers of subgraphs; attribute tensors;
+functions) keep their external reference and are resolved by onnxruntime
+through the session option ``session.model_external_initializers_file_folder_path``
+set to their (single) folder. Nothing is written anywhere.
 
 Our own code, not onnxruntime.quantization's calibrators: those write the
 augmented model to disk, keep every batch's outputs (or load the whole model
@@ -190,58 +192,88 @@ def calibrate(
         return {}
     values = _main_graph_values(model, names)
     groups = [names[i : i + max_tensors_per_run] for i in range(0, len(names), max_tensors_per_run)]
-    passes = 1 if method == "minmax" else 2
     external_folder = _folder_of_serialised_external_tensors(model)
+    counter = _Progress(progress, passes=1 if method == "minmax" else 2, groups=len(groups))
     results: dict[str, TensorRange] = {}
-    done = 0
-    total = 0
-    for group_index, group in enumerate(groups):
-        runner = _Runner.build(model, [values[name] for name in group], external_folder)
-        plan = _BatchPlan.build(runner.session, inputs, batch_size)
-        if group_index == 0:
-            total = len(groups) * passes * plan.batches
-            logger.info(
-                "calibrating %d tensors with %s over %d samples: %d group(s) x %d pass(es) x %d batch(es)",
-                len(names), method, plan.count, len(groups), passes, plan.batches,
+    for group in groups:  # one session at a time: the previous one is released before the next is built
+        results.update(
+            _calibrate_group(
+                model, [values[name] for name in group], inputs, external_folder, counter,
+                method=method, percentile=percentile, bins=bins, bits=bits, symmetric=symmetric, batch_size=batch_size,
             )
-        extremes = {name: _Extremes(name) for name in group}
-        for outputs in runner.run(plan, inputs, group):
-            for name, out in zip(group, outputs, strict=True):
-                extremes[name].update(out)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        if method == "minmax":
-            for name in group:
-                results[name] = _minmax_range(extremes[name], symmetric)
-        else:
-            histograms = {
-                name: hist
-                for name in group
-                if (hist := _Histogram.for_method(extremes[name], method, symmetric, bins)) is not None
-            }
-            if histograms:
-                for outputs in runner.run(plan, inputs, group):
-                    for name, out in zip(group, outputs, strict=True):
-                        if name in histograms:
-                            histograms[name].add(out)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            else:
-                done += plan.batches
-                if progress is not None:
-                    progress(done, total)
-            for name in group:
-                hist = histograms.get(name)
-                if hist is None:  # degenerate range: nothing to clip
-                    results[name] = _minmax_range(extremes[name], symmetric)
-                else:
-                    results[name] = _histogram_range(method, extremes[name], hist, symmetric, bits, percentile)
-        del runner
+        )
     for name in names:
         logger.debug("calibrated %s: [%g, %g]", name, results[name].lo, results[name].hi)
     return {name: results[name] for name in names}
+
+
+def _calibrate_group(
+    model: ir.Model,
+    outputs: list[ir.Value],
+    inputs: Mapping[str, np.ndarray],
+    external_folder: str | None,
+    counter: _Progress,
+    *,
+    method: str,
+    percentile: float,
+    bins: int,
+    bits: int,
+    symmetric: bool,
+    batch_size: int,
+) -> dict[str, TensorRange]:
+    """Ranges of one group of tensors: pass 1 (min/max), then pass 2 (histograms) for the histogram methods."""
+    group = [value.name for value in outputs]
+    runner = _Runner.build(model, outputs, external_folder)
+    plan = _BatchPlan.build(runner.session, inputs, batch_size)
+    counter.start(plan)
+    extremes = {name: _Extremes(name) for name in group}
+    for batch in runner.run(plan, inputs, group):
+        for name, out in zip(group, batch, strict=True):
+            extremes[name].update(out)
+        counter.advance(1)
+    if method == "minmax":
+        return {name: _minmax_range(extremes[name], symmetric) for name in group}
+    histograms = {
+        name: hist for name in group if (hist := _Histogram.for_method(extremes[name], method, symmetric, bins)) is not None
+    }
+    if histograms:
+        for batch in runner.run(plan, inputs, group):
+            for name, out in zip(group, batch, strict=True):
+                if name in histograms:
+                    histograms[name].add(out)
+            counter.advance(1)
+    else:  # every range is degenerate: the second pass has nothing to do
+        counter.advance(plan.batches)
+    return {
+        name: _minmax_range(extremes[name], symmetric)
+        if name not in histograms
+        else _histogram_range(method, extremes[name], histograms[name], symmetric, bits, percentile)
+        for name in group
+    }
+
+
+@dataclass
+class _Progress:
+    """Counts onnxruntime runs (groups x passes x batches) and reports them to the caller's callback."""
+
+    callback: Callable[[int, int], None] | None
+    passes: int
+    groups: int
+    total: int = 0
+    done: int = 0
+
+    def start(self, plan: _BatchPlan) -> None:
+        if not self.total:
+            self.total = self.groups * self.passes * plan.batches
+            logger.info(
+                "calibration over %d samples: %d group(s) of tensors x %d pass(es) x %d batch(es)",
+                plan.count, self.groups, self.passes, plan.batches,
+            )
+
+    def advance(self, runs: int) -> None:
+        self.done += runs
+        if self.callback is not None:
+            self.callback(self.done, self.total)
 
 
 # --------------------------------------------------------------------------- validation
@@ -252,13 +284,13 @@ def _check_options(method: str, percentile: float, bins: int, bits: int, batch_s
         raise PipelineError(f"calibration: unknown method {method!r}; valid methods: {', '.join(_METHODS)}")
     if not (isinstance(percentile, (int, float)) and 0.0 < percentile <= 100.0):
         raise PipelineError(f"calibration: percentile must be in (0, 100], got {percentile!r}")
-    if not (isinstance(bins, int) and bins >= 2):
+    if not (isinstance(bins, (int, np.integer)) and bins >= 2):
         raise PipelineError(f"calibration: bins must be an integer >= 2, got {bins!r}")
-    if not (isinstance(bits, int) and 2 <= bits <= 16):
+    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 16):
         raise PipelineError(f"calibration: bits must be in 2..16, got {bits!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise PipelineError(f"calibration: batch_size must be a positive integer, got {batch_size!r}")
-    if not (isinstance(max_tensors_per_run, int) and max_tensors_per_run >= 1):
+    if not (isinstance(max_tensors_per_run, (int, np.integer)) and max_tensors_per_run >= 1):
         raise PipelineError(f"calibration: max_tensors_per_run must be a positive integer, got {max_tensors_per_run!r}")
 
 
@@ -294,12 +326,9 @@ def _injectable(tensor: ir.TensorProtocol) -> bool:
         return False
 
 
-def _injected_array(tensor: ir.TensorProtocol) -> np.ndarray | None:
-    """The array onnxruntime borrows (memory-mapped for external data), or None when it cannot be used as is."""
-    array = tensor.numpy()
-    if array.dtype != np.dtype(tensor.dtype.numpy()) or not array.dtype.isnative:
-        return None
-    return np.ascontiguousarray(array)
+def _injected_array(tensor: ir.TensorProtocol) -> np.ndarray:
+    """The array onnxruntime borrows: memory-mapped for external data, the tensor's own array otherwise (no copy)."""
+    return np.ascontiguousarray(tensor.numpy(), dtype=np.dtype(tensor.dtype.numpy()))
 
 
 def _serialised_tensor(name: str, tensor: ir.TensorProtocol) -> onnx.TensorProto:
@@ -357,6 +386,40 @@ def _folder_of_serialised_external_tensors(model: ir.Model) -> str | None:
     return folders.pop()
 
 
+def _backward_slice(graph: ir.Graph, outputs: list[ir.Value]) -> tuple[list[ir.Node], set[ir.Value]]:
+    """The main-graph nodes the outputs depend on (in graph order) and the values those nodes read.
+
+    onnxruntime runs every node of a graph, needed or not; the calibration
+    model keeps only these. Values a subgraph (If/Loop/Scan body) reads from
+    the outer scope count as inputs of the node that owns the subgraph.
+    """
+    needed: set[ir.Node] = set()
+    used: set[ir.Value] = set()
+    stack = [node for value in outputs if (node := value.producer()) is not None and node.graph is graph]
+    while stack:
+        node = stack.pop()
+        if node in needed:
+            continue
+        needed.add(node)
+        reads = [value for value in node.inputs if value is not None]
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                subgraphs = [attr.value]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                subgraphs = list(attr.value)
+            else:
+                continue
+            for subgraph in subgraphs:
+                for inner in ir.traversal.RecursiveGraphIterator(subgraph):
+                    reads += [value for value in inner.inputs if value is not None]
+        for value in reads:
+            used.add(value)
+            producer = value.producer()
+            if producer is not None and producer.graph is graph and producer not in needed:
+                stack.append(producer)
+    return [node for node in graph if node in needed], used
+
+
 @dataclass
 class _Runner:
     """A session whose outputs are the requested tensors, and the arrays it borrows."""
@@ -367,23 +430,27 @@ class _Runner:
     @classmethod
     def build(cls, model: ir.Model, outputs: list[ir.Value], external_folder: str | None) -> _Runner:
         graph = model.graph
+        nodes, used = _backward_slice(graph, outputs)
         view = ir.GraphView(
-            graph.inputs, outputs, nodes=graph, initializers=(), opset_imports=graph.opset_imports, name=graph.name
+            graph.inputs, outputs, nodes=nodes, initializers=(), opset_imports=graph.opset_imports, name=graph.name
         )
         augmented = ir.Model(view, ir_version=model.ir_version, functions=list(model.functions.values()))
         proto = ir.serde.serialize_model(augmented)
         names: list[str] = []
         ort_values: list[ort.OrtValue] = []
         borrowed: list[object] = []
+        keep = used | set(outputs) | set(graph.inputs)
         for name, value in graph.initializers.items():
+            if value not in keep:
+                continue
             tensor = value.const_value
             if tensor is None:
                 logger.debug("initializer %s has no value; left out of the calibration model", name)
                 continue
-            array = _injected_array(tensor) if _injectable(tensor) else None
-            if array is None:
+            if not _injectable(tensor):
                 proto.graph.initializer.append(_serialised_tensor(name, tensor))
                 continue
+            array = _injected_array(tensor)
             proto.graph.initializer.append(_placeholder(name, tensor, array))
             ort_value = ort.OrtValue.ortvalue_from_numpy(array)
             names.append(name)

@@ -292,6 +292,7 @@ class QuantizeStaticPass(OnnxpqPass):
         ranges = self._calibrate(model, ctx, plan, unsigned)
         params = self._activation_params(plan, ranges, unsigned)
         names = NameAllocator(graph)
+        used_before = [v for v in graph.initializers.values() if v.uses()]
         qtype = ir.DataType.UINT8 if unsigned else ir.DataType.INT8
 
         for relu in plan.relu_folds:
@@ -303,9 +304,14 @@ class QuantizeStaticPass(OnnxpqPass):
         for value in plan.constants:
             self._quantize_constant(graph, names, value, unsigned, qtype)
         for value in plan.activations:
+            if not value.uses():
+                continue  # a graph output nothing reads: a Q/DQ pair there would only lose precision
             p = params[value]
             insert_activation_qdq(graph, names, value, p.scale, p.zero_point, qtype)
 
+        for value in used_before:
+            if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+                graph.initializers.pop(value.name)  # every use now reads the dequantized copy
         ctx.note("quantized_nodes", len(plan.nodes))
         ctx.note("quantized_op_types", sorted({n.op_type for n in plan.nodes}))
         ctx.note("folded_relus", len(plan.relu_folds))
