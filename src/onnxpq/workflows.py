@@ -3,7 +3,8 @@
 optimize: load (safe) -> parse the pipeline for the target -> run the passes
 (verified, with rollback) -> stage the output beside its destination and
 check it -> measure baseline and output side by side in onnxruntime ->
-evaluate the gate -> commit the output and write the reports. Any error
+evaluate the gate (giving the most harmful quantized nodes back to float
+first when an accuracy gate is set, see :mod:`onnxpq.search.fallback`) -> commit the output and write the reports. Any error
 before the commit leaves nothing behind and the input untouched; a failed
 gate still writes everything (exit code 1 in the CLI).
 """
@@ -19,10 +20,13 @@ from typing import Any
 from onnxpq.analysis.model_inputs import input_specs
 from onnxpq.core.context import PassContext
 from onnxpq.core.manager import PassManager
+from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
+from onnxpq.core.session import has_external_data, make_session, run_in_batches
 from onnxpq.errors import DataError, OutputError
 from onnxpq.io import external_files, load_model, stage_model, write_text_atomic
 from onnxpq.report.html import render_html
+from onnxpq.search.fallback import FallbackResult, accuracy_drop, excludable, give_back_until_gate
 from onnxpq.report.schema import build_report, report_json
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
@@ -120,6 +124,33 @@ def _check_gate_possible(model: Any, dataset: Dataset, max_accuracy_drop: float 
         )
 
 
+def _fit_gate(
+    model: Any,
+    optimized: Any,
+    passes: list[OnnxpqPass],
+    records: list[Any],
+    dataset: Dataset,
+    max_drop: float,
+    make_manager: Any,
+) -> FallbackResult | None:
+    """Give the most harmful quantized nodes back to float when the drop exceeds the gate (None: nothing to do)."""
+    quantized = [name for record in records for name in record.details.get("quantized_node_names", [])]
+    if not quantized or not excludable(passes):
+        return None
+    if has_external_data(model):
+        logger.warning("accuracy gate: the model has external data; nodes are not given back to float automatically")
+        return None
+    reference = run_in_batches(make_session(model), dataset.inputs)
+    drop = accuracy_drop(reference, run_in_batches(make_session(optimized), dataset.inputs), dataset)
+    if drop <= max_drop:
+        return None
+    logger.warning("accuracy drop %.4f exceeds %.4f: giving quantized nodes back to float, most harmful first", drop, max_drop)
+    return give_back_until_gate(
+        model, passes, list(dict.fromkeys(quantized)), dataset, max_drop,
+        make_manager=lambda run: make_manager(run, False),
+    )
+
+
 def _write_reports(report: dict[str, Any], json_path: PathLike | None, html_path: PathLike | None, protect: Path) -> None:
     if json_path is not None:
         write_text_atomic(json_path, report_json(report), protect=(protect,))
@@ -173,22 +204,30 @@ def optimize(
     dataset = _dataset(ir_model, data)
     _check_gate_possible(ir_model, dataset, max_accuracy_drop)
     calib = load_dataset(calibration, ir_model) if calibration is not None else dataset
-    manager = PassManager(
-        passes,
-        check_inputs=dataset.head(4).inputs,
-        progress=progress,
-        dump_on_failure=dump_on_failure,
-    )
+
+    def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
+        return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure)
+
+    manager = make_manager(passes)
+    fallback: FallbackResult | None = None
     with PassContext(target=chosen, calibration=calib.inputs):
         result = manager(ir_model)
+        out_model, records = result.model, manager.records
+        if max_accuracy_drop is not None:
+            fallback = _fit_gate(ir_model, out_model, passes, records, dataset, max_accuracy_drop, make_manager)
+            if fallback is not None:
+                out_model, records, passes = fallback.model, fallback.records, fallback.passes
     protected = (model_path, *external_files(ir_model))
-    with stage_model(result.model, out_path, protect=protected) as staged:
+    with stage_model(out_model, out_path, protect=protected) as staged:
         figures = measure_pair(
             model_path, staged.path, chosen, dataset,
             latency_runs=latency_runs, latency_batch=latency_batch, threads=threads,
         )
         figures.optimized.path = str(out_path)
         gate = _gate(figures, dataset, max_accuracy_drop)
+        if fallback is not None:
+            gate["given_back"] = fallback.given_back
+            gate["fallback"] = {"harm": fallback.harm, "drops": fallback.drops, "met": fallback.met}
         the_report = build_report(
             command="optimize",
             input_path=str(model_path),
@@ -196,7 +235,7 @@ def optimize(
             target=chosen,
             pipeline=format_pipeline(passes),
             pipeline_full=format_pipeline(passes, full=True),
-            records=manager.records,
+            records=records,
             figures=figures,
             dataset=dataset,
             gate=gate,

@@ -68,6 +68,10 @@ class PassContext:
         analyses: the analysis cache.
         details: what the running pass noted with :meth:`note`; the pass
             manager moves it into that pass's record after every pass.
+        memo: results a pass may reuse when the same pipeline runs again on
+            the same input within this context (calibration ranges, while the
+            accuracy gate re-runs the pipeline with nodes given back to float).
+            A context serves one input model and one calibration set.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class PassContext:
         self.calibration = dict(calibration) if calibration is not None else None
         self.analyses = AnalysisCache()
         self.details: dict[str, Any] = {}
+        self.memo: dict[Any, Any] = {}
         self._token: contextvars.Token[PassContext | None] | None = None
 
     def note(self, key: str, value: Any) -> None:

@@ -64,8 +64,11 @@ histograms — so they cost two full runs over the calibration data. Memory:
 one batch of outputs plus ``bins`` counters per tensor.
 
 Sessions: CPU execution provider, one intra-op thread, graph optimisation
-level BASIC. Measured with onnxruntime 1.32: a tensor requested as a graph
-output survives every optimisation level (ENABLE_ALL then skips the fusions
+level BASIC. The calibration model keeps only the nodes the requested tensors
+depend on (onnxruntime runs every node of a graph, needed or not), with
+values read by If/Loop/Scan bodies from the outer scope counted as inputs.
+Measured with onnxruntime 1.32: a tensor requested as a graph output survives
+every optimisation level (ENABLE_ALL then skips the fusions
 that would consume it, e.g. Conv+BatchNorm, MatMul+Add→Gemm, Gelu), with the
 same values; BASIC is used because it still folds constants, is cheaper to
 set up and rewrites nothing that calibration needs.
@@ -86,9 +89,10 @@ functions) keep their external reference and are resolved by onnxruntime
 through the session option ``session.model_external_initializers_file_folder_path``
 set to their (single) folder. Nothing is written anywhere.
 
-Our own code, not onnxruntime.quantization's calibrators: those write the
-augmented model to disk, keep every batch's outputs (or load the whole model
-into protobuf), and do not offer MSE clipping or the bounded chunking here.
+Our own code, not onnxruntime.quantization's calibrators: those save the
+augmented model to a file, hold the whole model in protobuf, and keep the
+outputs of every batch until they compute (the histogram calibrators always;
+MinMax unless ``max_intermediate_outputs`` is set); they offer no MSE search.
 """
 
 from __future__ import annotations

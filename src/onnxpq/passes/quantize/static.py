@@ -77,6 +77,14 @@ class _Params:
     zero_point: int
 
 
+def _name_unnamed_nodes(graph: ir.Graph) -> None:
+    """Give unnamed nodes stable names (``<op>_<index>``) so they can be excluded and reported by name."""
+    names = NameAllocator(graph)
+    for index, node in enumerate(graph):
+        if not node.name:
+            node.name = names(f"{node.op_type}_{index}")
+
+
 def _infer_types(model: ir.Model) -> None:
     """Fill in value types and shapes (onnx shape inference; large initializers are not serialised for it)."""
     try:
@@ -283,6 +291,7 @@ class QuantizeStaticPass(OnnxpqPass):
         if self.per_channel and not per_channel:
             logger.info("quantize-static: opset %d < 13, weights quantized per tensor", opset)
         unsigned = self._unsigned(ctx)
+        _name_unnamed_nodes(graph)
         _infer_types(model)
         plan = self._plan(graph, unsigned)
         if not plan.nodes and not plan.relu_folds:
@@ -313,6 +322,7 @@ class QuantizeStaticPass(OnnxpqPass):
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                 graph.initializers.pop(value.name)  # every use now reads the dequantized copy
         ctx.note("quantized_nodes", len(plan.nodes))
+        ctx.note("quantized_node_names", [n.name for n in plan.nodes if n.op_type in (*_COMPUTE, *_BINARY)])
         ctx.note("quantized_op_types", sorted({n.op_type for n in plan.nodes}))
         ctx.note("folded_relus", len(plan.relu_folds))
         ctx.note("activation_tensors", len(plan.activations))
@@ -338,15 +348,14 @@ class QuantizeStaticPass(OnnxpqPass):
                 wanted[value.name] = value
         for relu in plan.relu_folds:
             wanted[relu.outputs[0].name] = relu.outputs[0]
-        found = calibrate(
-            model,
-            list(wanted),
-            data,
-            method=self.calibration,
-            percentile=self.percentile,
-            symmetric=not unsigned,
-        )
-        ranges = {wanted[name]: r for name, r in found.items()}
+        key = (self.name, self.calibration, self.percentile, not unsigned, self.samples)
+        memo: dict[str, TensorRange] = ctx.memo.setdefault(key, {})
+        missing = [name for name in wanted if name not in memo]
+        if missing:
+            memo.update(
+                calibrate(model, missing, data, method=self.calibration, percentile=self.percentile, symmetric=not unsigned)
+            )
+        ranges = {value: memo[name] for name, value in wanted.items()}
         for relu in plan.relu_folds:
             ranges[relu.inputs[0]] = ranges[relu.outputs[0]]
         return ranges
