@@ -90,7 +90,9 @@ def _dataset(model: Any, data: PathLike | None) -> Dataset:
 
 
 def _gate(figures: PairFigures, dataset: Dataset, max_accuracy_drop: float | None) -> dict[str, Any]:
-    gate: dict[str, Any] = {"max_accuracy_drop": max_accuracy_drop, "passed": True, "reasons": [], "measure": None}
+    gate: dict[str, Any] = {
+        "max_accuracy_drop": max_accuracy_drop, "passed": True, "reasons": [], "measure": None, "given_back": [],
+    }
     if max_accuracy_drop is None:
         return gate
     base, opt = figures.baseline.accuracy, figures.optimized.accuracy

@@ -20,7 +20,8 @@ Formulas (``prod`` over an empty sequence is 1)::
         MACs = prod(broadcast(batch_a, batch_b)) * M * N * K
         a 1-D A is read as [1, K] (M = 1), a 1-D B as [K, 1] (N = 1);
         activation x activation products (attention's Q @ K^T, P @ V) count the same way.
-    com.microsoft MatMulNBits  (attributes K, N, bits)
+    com.microsoft MatMulNBits  (attributes K, N, bits; int8 activations at accuracy_level 4)
+    com.microsoft DynamicQuantizeMatMul, MatMulIntegerToFloat  (MatMul rules; int8 activations)
         MACs = prod(A.shape[:-1]) * K * N
 
     BOPs = round(MACs * weight_bits * activation_bits * density)
@@ -254,6 +255,12 @@ def _roles(node: ir.Node) -> _Roles:
     if op == "MatMulNBits":
         bias = _input(node, 5)
         return _Roles(_input(node, 0), _input(node, 1), (bias,) if bias is not None else ())
+    if op == "DynamicQuantizeMatMul":
+        bias = _input(node, 4)
+        return _Roles(_input(node, 0), _input(node, 1), (bias,) if bias is not None else ())
+    if op == "MatMulIntegerToFloat":
+        bias = _input(node, 6)
+        return _Roles(_input(node, 0), _input(node, 1), (bias,) if bias is not None else ())
     if op == "Gemm":
         bias = _input(node, 2)
         biases = (bias,) if bias is not None else ()
@@ -347,6 +354,8 @@ _MAC_FORMULAS: dict[tuple[str, str], Callable[[ir.Node], int | None]] = {
     ("", "MatMulInteger"): lambda node: _matmul_macs(_input(node, 0), _input(node, 1)),
     ("", "QLinearMatMul"): lambda node: _matmul_macs(_input(node, 0), _input(node, 3)),
     (_MS_DOMAIN, "MatMulNBits"): _matmul_nbits_macs,
+    (_MS_DOMAIN, "DynamicQuantizeMatMul"): lambda node: _matmul_macs(_input(node, 0), _input(node, 1)),
+    (_MS_DOMAIN, "MatMulIntegerToFloat"): lambda node: _matmul_macs(_input(node, 0), _input(node, 1)),
 }
 """MAC formula of each compute op, keyed by (domain, op_type); every other op has 0 MACs."""
 
@@ -419,6 +428,10 @@ def _node_cost(
         if initializer is not None:
             params += _num_elements(initializer)
     activation_bits = _operand_bits(roles.activation)
+    if node.op_type in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+        weight_bits, activation_bits = _operand_bits(roles.weight), 8  # activations quantized at run time
+    elif node.op_type == "MatMulNBits" and _attr_int(node, "accuracy_level", 0) == 4:
+        activation_bits = 8  # accuracy level 4 computes with int8 activations
     density = 1.0
     if count_zeros:
         if node.op_type == "MatMulNBits":

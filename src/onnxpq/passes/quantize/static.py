@@ -77,20 +77,35 @@ class _Params:
     zero_point: int
 
 
-def _name_unnamed_nodes(graph: ir.Graph) -> None:
+def _name_unnamed_nodes(graph: ir.Graph) -> bool:
     """Give unnamed nodes stable names (``<op>_<index>``) so they can be excluded and reported by name."""
     names = NameAllocator(graph)
+    renamed = False
     for index, node in enumerate(graph):
         if not node.name:
             node.name = names(f"{node.op_type}_{index}")
+            renamed = True
+    return renamed
 
 
-def _infer_types(model: ir.Model) -> None:
+def _infer_types(model: ir.Model) -> bool:
     """Fill in value types and shapes (onnx shape inference; large initializers are not serialised for it)."""
     try:
-        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        return bool(ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model).modified)
     except Exception as exc:  # noqa: BLE001 - partial types are still usable; untyped values stay float
         logger.debug("quantize-static: shape inference failed (%s); using the types the model has", exc)
+        return False
+
+
+def _clip(option: str, per_channel: bool) -> str:
+    """``auto``: MSE-optimal clipping per tensor (+1.6 dB on N(0,1) at 8 bits), min/max per channel.
+
+    Per channel at 8 bits the MSE search gains under 0.1 dB (42.39 vs 42.31 dB on
+    a 768x3072 N(0,1) weight) and costs seconds on transformer-sized models.
+    """
+    if option != "auto":
+        return option
+    return "minmax" if per_channel else "mse"
 
 
 def _int_attr(node: ir.Node, name: str, default: int) -> int:
@@ -151,7 +166,7 @@ class QuantizeStaticPass(OnnxpqPass):
         op_types: tuple[str, ...] = DEFAULT_OP_TYPES,
         exclude_nodes: tuple[str, ...] = (),
         exclude_op_types: tuple[str, ...] = (),
-        weight_clip: Literal["mse", "minmax"] = "mse",
+        weight_clip: Literal["auto", "mse", "minmax"] = "auto",
     ) -> None:
         if samples < 1:
             raise PipelineError(f"quantize-static: samples must be >= 1, got {samples}")
@@ -291,12 +306,12 @@ class QuantizeStaticPass(OnnxpqPass):
         if self.per_channel and not per_channel:
             logger.info("quantize-static: opset %d < 13, weights quantized per tensor", opset)
         unsigned = self._unsigned(ctx)
-        _name_unnamed_nodes(graph)
-        _infer_types(model)
+        annotated = _name_unnamed_nodes(graph)
+        annotated = _infer_types(model) or annotated
         plan = self._plan(graph, unsigned)
         if not plan.nodes and not plan.relu_folds:
             ctx.note("quantized_nodes", 0)
-            return ir.passes.PassResult(model, False)
+            return ir.passes.PassResult(model, annotated)  # names and inferred types are changes too
 
         ranges = self._calibrate(model, ctx, plan, unsigned)
         params = self._activation_params(plan, ranges, unsigned)
@@ -309,7 +324,7 @@ class QuantizeStaticPass(OnnxpqPass):
             y.replace_all_uses_with(x)
             graph.remove(relu, safe=True)
         weight_scales = self._quantize_weights(graph, names, plan, per_channel)
-        self._quantize_biases(graph, names, plan, params, weight_scales)
+        self._quantize_biases(graph, names, plan, params, weight_scales, per_channel)
         for value in plan.constants:
             self._quantize_constant(graph, names, value, unsigned, qtype)
         for value in plan.activations:
@@ -327,7 +342,7 @@ class QuantizeStaticPass(OnnxpqPass):
         ctx.note("folded_relus", len(plan.relu_folds))
         ctx.note("activation_tensors", len(plan.activations))
         ctx.note("activation_type", "uint8" if unsigned else "int8")
-        ctx.note("weights", f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}, {self.weight_clip} clipping")
+        ctx.note("weights", f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}, {_clip(self.weight_clip, per_channel)} clipping")
         logger.info(
             "quantize-static: %d nodes, %d activation tensors, %d Relus folded",
             len(plan.nodes), len(plan.activations), len(plan.relu_folds),
@@ -382,7 +397,7 @@ class QuantizeStaticPass(OnnxpqPass):
         for node, index, axis in plan.weights:
             weight = node.inputs[index]
             array = weight.const_value.numpy()
-            quantized = quantize_weight(array, 8, axis=axis if per_channel else None, symmetric=True, clip=self.weight_clip)
+            quantized = quantize_weight(array, 8, axis=axis if per_channel else None, symmetric=True, clip=_clip(self.weight_clip, per_channel))
             dq = dequantized_weight(graph, names, weight, quantized, signed=True, before=node)
             node.replace_input_with(index, dq)
             scales[node] = np.broadcast_to(quantized.scale, (array.shape[axis],)) if per_channel else np.full(array.shape[axis], float(quantized.scale))
@@ -395,8 +410,9 @@ class QuantizeStaticPass(OnnxpqPass):
         plan: _Plan,
         params: dict[ir.Value, _Params],
         weight_scales: dict[ir.Node, np.ndarray],
+        per_channel: bool,
     ) -> None:
-        """Bias b → int32 round(b / (s_x · s_w[c])), dequantized with that scale (axis 0)."""
+        """Bias b → int32 round(b / (s_x · s_w[c])), dequantized with that scale (axis 0; a scalar scale per tensor)."""
         for node, _, _ in plan.weights:
             if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3:
                 continue
@@ -409,16 +425,16 @@ class QuantizeStaticPass(OnnxpqPass):
             if b.ndim != 1 or b.shape[0] != s_w.shape[0]:
                 logger.debug("quantize-static: bias of '%s' has shape %s; left in float", node.name, b.shape)
                 continue
-            s_b = params[x].scale * s_w
+            s_b = params[x].scale * s_w if per_channel else np.asarray(params[x].scale * s_w[0])
             q = np.clip(np.round(b / s_b), -(2**31) + 1, 2**31 - 1).astype(np.int32)
             float_type = bias.dtype.numpy()
             q_value = add_initializer(graph, names, f"{bias.name}_quantized", q)
             s_value = add_initializer(graph, names, f"{bias.name}_scale", s_b.astype(float_type))
-            z_value = add_initializer(graph, names, f"{bias.name}_zero_point", np.zeros_like(q))
+            z_value = add_initializer(graph, names, f"{bias.name}_zero_point", np.zeros_like(q if per_channel else q[:1].reshape(())))
             out = ir.Value(name=names(f"{bias.name}_dequantized"), shape=bias.shape, type=bias.type)
             dq = ir.node(
-                "DequantizeLinear", [q_value, s_value, z_value], attributes={"axis": 0}, outputs=[out],
-                name=names(f"{bias.name}_DequantizeLinear"),
+                "DequantizeLinear", [q_value, s_value, z_value], attributes={"axis": 0} if per_channel else {},
+                outputs=[out], name=names(f"{bias.name}_DequantizeLinear"),
             )
             graph.insert_before(node, dq)
             node.replace_input_with(2, out)
