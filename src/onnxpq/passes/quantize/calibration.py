@@ -690,6 +690,8 @@ def _entropy_threshold_bins(counts: np.ndarray, levels: int) -> int:
         logger.debug("entropy: %d bins cannot resolve %d levels; keeping the full range", bins, levels)
         return bins
     hist = counts.astype(np.float64)
+    if hist.size > 1:
+        hist[0] = hist[1]  # the spike of exact zeros (ReLU outputs) would pull the threshold down; as TensorRT's tools do
     total = float(hist.sum())
     suffix = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # suffix[i] = Σ hist[i:]
     floor = _KL_FLOOR_COUNTS / total

@@ -97,6 +97,22 @@ def _infer_types(model: ir.Model) -> bool:
         return False
 
 
+def _needs_output_q(value: ir.Value) -> bool:
+    """onnxruntime fuses Conv, Add, Mul, Concat and pooling only with a Q on their output."""
+    producer = value.producer()
+    return producer is not None and producer.op_type not in ("Gemm", "MatMul")
+
+
+def _quantize_graph_output(graph: ir.Graph, names: NameAllocator, value: ir.Value, p: _Params, qtype: ir.DataType) -> None:
+    """Q/DQ after a graph output; the DQ output takes over the output's name (one 8-bit rounding of the output)."""
+    original = value.name
+    value.name = names(f"{original}_float")
+    dq_out = insert_activation_qdq(graph, names, value, p.scale, p.zero_point, qtype)
+    index = list(graph.outputs).index(value)
+    graph.outputs[index] = dq_out
+    dq_out.name = original
+
+
 def _clip(option: str, per_channel: bool) -> str:
     """``auto``: MSE-optimal clipping per tensor (+1.6 dB on N(0,1) at 8 bits), min/max per channel.
 
@@ -170,6 +186,13 @@ class QuantizeStaticPass(OnnxpqPass):
     ) -> None:
         if samples < 1:
             raise PipelineError(f"quantize-static: samples must be >= 1, got {samples}")
+        for option, value, choices in (
+            ("calibration", calibration, ("minmax", "percentile", "entropy", "mse")),
+            ("activation_type", activation_type, ("auto", "uint8", "int8")),
+            ("weight_clip", weight_clip, ("auto", "mse", "minmax")),
+        ):
+            if value not in choices:
+                raise PipelineError(f"quantize-static: {option} must be one of {', '.join(choices)}; got {value!r}")
         if not 0.0 < percentile <= 100.0:
             raise PipelineError(f"quantize-static: percentile must be in (0, 100], got {percentile}")
         unknown = sorted(set(op_types) - set(DEFAULT_OP_TYPES))
@@ -328,10 +351,12 @@ class QuantizeStaticPass(OnnxpqPass):
         for value in plan.constants:
             self._quantize_constant(graph, names, value, unsigned, qtype)
         for value in plan.activations:
-            if not value.uses():
-                continue  # a graph output nothing reads: a Q/DQ pair there would only lose precision
             p = params[value]
-            insert_activation_qdq(graph, names, value, p.scale, p.zero_point, qtype)
+            if value.uses():
+                insert_activation_qdq(graph, names, value, p.scale, p.zero_point, qtype)
+            elif value.is_graph_output() and _needs_output_q(value):
+                _quantize_graph_output(graph, names, value, p, qtype)
+            # else: a graph output of Gemm/MatMul (QGemm / MatMulIntegerToFloat have float outputs): keep full precision
 
         for value in used_before:
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
