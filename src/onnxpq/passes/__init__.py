@@ -1,3 +1,3 @@
 """Built-in passes; importing this package registers them."""
 
-from onnxpq.passes import cleanup, quantize  # noqa: F401
+from onnxpq.passes import cleanup, prune, quantize  # noqa: F401
