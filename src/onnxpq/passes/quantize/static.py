@@ -18,10 +18,14 @@ so no isolated Q/DQ pair is left that cannot fuse. Data-movement ops and
 MaxPool give their output the *same* scale and zero point as their input, so
 onnxruntime drops the DQ→op→Q around them and runs them on the integers.
 
-ReLU folding (uint8 only): a Relu whose input is the only use of a quantized
-node's output disappears; its input is quantized with the Relu output's range
-``[0, hi]``, so ``z = 0`` and Q's saturation at 0 *is* the Relu. With int8
-activations Relu stays (a symmetric grid cannot clip at 0).
+ReLU folding (uint8 only): a Relu — or a Clip with a constant lower bound of
+0, such as MobileNet's ReLU6 — whose input is the only use of a quantized
+node's output disappears; its input is quantized with the activation's
+calibrated output range ``[0, hi]`` (hi ≤ 6 for ReLU6), so ``z = 0`` and Q's
+saturation at 0 and at hi *is* the clipping. Without this, the pre-activation
+tensor would be quantized over its own, wider range first and lose most of
+its resolution in [0, 6]. With int8 activations they stay (a symmetric grid
+cannot clip at 0).
 
 Left in float, with a DEBUG log: nodes in subgraphs and functions, excluded
 nodes and op types, weights that are not initializers, models that already
@@ -67,7 +71,7 @@ _BINARY = ("Add", "Mul")
 _POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 _MOVES = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 _TIED = (*_MOVES, "MaxPool")
-DEFAULT_OP_TYPES = (*_COMPUTE, *_BINARY, *_POOLS, "Concat", *_MOVES, "Relu")
+DEFAULT_OP_TYPES = (*_COMPUTE, *_BINARY, *_POOLS, "Concat", *_MOVES, "Relu", "Clip")
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
@@ -95,6 +99,22 @@ def _infer_types(model: ir.Model) -> bool:
     except Exception as exc:  # noqa: BLE001 - partial types are still usable; untyped values stay float
         logger.debug("quantize-static: shape inference failed (%s); using the types the model has", exc)
         return False
+
+
+def _clip_lower_bound(node: ir.Node) -> float | None:
+    """The constant lower bound of a Clip (input 1 from opset 11, attribute ``min`` before), or None."""
+    if "min" in node.attributes:
+        return float(node.attributes["min"].value)
+    bound = node.inputs[1] if len(node.inputs) > 1 else None
+    if bound is None:
+        return None
+    tensor = bound.const_value
+    if tensor is None and bound.producer() is not None and bound.producer().op_type == "Constant":
+        attr = bound.producer().attributes.get("value")
+        tensor = attr.value if attr is not None else None
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(()))
 
 
 def _needs_output_q(value: ir.Value) -> bool:
@@ -268,13 +288,14 @@ class QuantizeStaticPass(OnnxpqPass):
                 else:
                     logger.debug("quantize-static: '%s' skipped: weight is neither an initializer nor an activation", node.name)
                 continue
-            if op == "Relu":
+            if op in ("Relu", "Clip"):
                 x = inputs[0]
                 producer = x.producer() if x is not None else None
                 if x not in quantized_outputs:
                     continue
                 foldable = (
                     unsigned
+                    and (op == "Relu" or _clip_lower_bound(node) == 0.0)
                     and producer is not None
                     and producer.op_type in (*_COMPUTE, *_BINARY)
                     and len(x.uses()) == 1
