@@ -376,7 +376,7 @@ def test_unnamed_node_is_excluded_by_its_generated_label() -> None:
     assert modified and [(n.op_type, n.name) for n in model.graph] == [("DynamicQuantizeMatMul", "MatMul_0")]
 
 
-def test_already_quantized_model_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+def test_only_the_float_matmuls_of_a_partly_quantized_model_are_quantized(caplog: pytest.LogCaptureFixture) -> None:
     model = _model(
         [
             helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"], name="dq"),
@@ -391,12 +391,12 @@ def test_already_quantized_model_is_left_alone(caplog: pytest.LogCaptureFixture)
             numpy_helper.from_array(_weight((K, N)), "W2"),
         ],
     )
-    before = _ops(model)
-    with caplog.at_level(logging.WARNING, logger="onnxpq.passes.quantize.dynamic"):
+    with caplog.at_level(logging.INFO, logger="onnxpq.passes.quantize.dynamic"):
         model, modified, details = _quantize(model)
-    assert not modified and _ops(model) == before
+    assert modified
     assert "already contains DequantizeLinear" in caplog.text
-    assert details["skipped"] == "already quantized (DequantizeLinear present)"
+    assert details["quantized_node_names"] == ["mm2"]  # mm1 reads a dequantized weight: not a float initializer
+    assert "MatMul" in _ops(model) and "DynamicQuantizeMatMul" in _ops(model)
 
 
 def test_second_run_reports_unmodified() -> None:

@@ -49,9 +49,12 @@ context), weights that are graph inputs, not 2-D or not float32, weights with
 fewer than ``min_params`` elements, excluded nodes, and nodes inside
 subgraphs (If/Loop/Scan) or model-local functions.
 
-A model that already contains quantization nodes is left unchanged with a
-WARNING — except ``MatMulNBits`` nodes, so that ``matmul-nbits`` (4-bit for
-the large MatMuls) can run first and this pass takes the remaining ones.
+Nodes already quantized by another pass are not touched: their weights come
+through a DequantizeLinear (or they are MatMulNBits / integer kernels), not
+from a float initializer. So ``quantize-static`` can take the Convs of a model
+and this pass the MatMuls left in float (the cpu target's pipeline), and
+``matmul-nbits`` can take the large MatMuls first. A second run finds nothing
+left and reports ``modified=False``.
 
 Weights are streamed: one weight at a time, read in column chunks from its
 (memory-mapped) tensor; the float array is let go before the next weight and
@@ -345,9 +348,7 @@ class QuantizeDynamicPass(OnnxpqPass):
         graph = model.graph
         existing = _existing_quantization(graph)
         if existing is not None:
-            logger.warning("quantize-dynamic: the model already contains %s nodes; left unchanged", existing)
-            ctx.note("skipped", f"already quantized ({existing} present)")
-            return ir.passes.PassResult(model, False)
+            logger.info("quantize-dynamic: the model already contains %s nodes; quantizing the float MatMul/Gemm left", existing)
         jobs, skipped = self._plan(model, ctx)
         ctx.note("left_float", skipped)
         if not jobs:

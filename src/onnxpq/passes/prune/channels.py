@@ -1,0 +1,1045 @@
+"""``prune-channels``: structured pruning that physically removes coupled channels.
+
+Groups come from :class:`onnxpq.analysis.channel_groups.ChannelGroups`: every
+parameter slice and activation axis that must shrink together, in *units*
+(one channel, one attention head, one whole group of a grouped conv). Groups
+the analysis cannot map, and groups that touch a node in ``exclude_nodes``,
+are left as they are and listed with the reason in the pass notes.
+
+Importance of a unit u (summed over the group's producer weights W, each
+sliced along its output-channel axis; ``W_u`` is every producer slice of u):
+
+* ``l1``: ``Σ |W_u|``; ``l2``: ``sqrt(Σ W_u²)`` (the group norm of DepGraph);
+* ``bn-scale``: ``Σ |γ_u|`` over the group's BatchNormalization scales (Network
+  Slimming, Liu et al. 2017); groups without a BatchNormalization use ``l1``;
+* ``activation``: ``Σ mean |y_u|`` over the producers' outputs on the
+  calibration data (onnxruntime, streamed batch by batch).
+
+Selection. Each group is split into *sections* (the units of the same
+producers: a Concat's inputs are separate sections). ``scope=layer``: every
+section drops ``floor(ratio · units)`` of its least important units (its
+producer node's ``per_node`` ratio when given; the smallest when a section
+has several producers with overrides). ``scope=global``: importances are
+divided by their group's mean and ranked together; the least important units
+go until ``ratio`` of all channels (sections with a ``per_node`` ratio keep
+their own). Then, per section, the kept count is raised to a multiple of
+``multiple`` channels (``multiple`` from the target's
+``sparsity.channel_multiple`` by default; a section smaller than one multiple
+is left whole) and to at least ``min_channels``; every tensor keeps at least
+one element along each pruned axis.
+
+Pruning slices every member constant into a new initializer (never in place),
+updates activation shapes, and rewrites what encodes channel counts: Conv
+and ConvTranspose ``group``, Reshape target shapes (the constant, or the
+constant piece of a Concat, copied for this Reshape when shared), Split
+sizes, Slice starts/ends. Graph inputs and outputs never change shape (the
+analysis refuses groups that reach them).
+
+Reconstruction (``reconstruct``: ``on``; ``auto`` = on when the context has
+calibration data) refits every layer whose input channels were removed — Conv
+(group 1, im2col), Gemm and MatMul with a constant weight — by ridge least
+squares against the unpruned model's outputs; see
+:mod:`onnxpq.passes.prune.reconstruction` for the math. The statistics of
+every such layer are collected from the original model in one streamed run
+(per chunk of layers) before any edit; the refit is kept only when it lowers
+the layer's output error. Layers left out: a ConvTranspose, a grouped Conv,
+a weight shared by several nodes (tying is kept).
+
+Notes: per pruned group its producers, channels before and after, the units
+removed, the importance used and, per refitted layer, the relative output
+error ``||Y − Ŷ||² / ||Y||²`` before and after reconstruction; unprunable and
+excluded groups with their reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxpq.analysis.channel_groups import ChannelGroup, ChannelGroups, Key, NodeUpdate, node_labels
+from onnxpq.core.context import PassContext
+from onnxpq.core.pass_base import OnnxpqPass
+from onnxpq.core.registry import register_pass
+from onnxpq.errors import DataError, PipelineError
+from onnxpq.passes.prune.reconstruction import LayerStatistics, conv_patches, refit
+
+__all__ = ["PruneChannelsPass"]
+
+logger = logging.getLogger(__name__)
+
+Importance = Literal["l1", "l2", "bn-scale", "activation"]
+Scope = Literal["layer", "global"]
+Reconstruct = Literal["auto", "on", "off"]
+
+#: Samples fed to onnxruntime at once (when the model's batch axis is free).
+_BATCH_SIZE = 16
+
+#: Tensors requested from one onnxruntime session (bounds one batch's extra outputs).
+_TENSORS_PER_RUN = 32
+
+#: Layers with more input features than this (C_in · prod(kernel)) are not refitted (G would be too large).
+_MAX_FEATURES = 8192
+
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _constant_array(value: ir.Value) -> np.ndarray:
+    """The array of an initializer or of a Constant node's output."""
+    tensor = value.const_value
+    if tensor is None:
+        producer = value.producer()
+        if producer is None or producer.op_type != "Constant":
+            raise PipelineError(f"prune-channels: '{value.name}' is not a constant")
+        tensor = producer.attributes["value"].value
+    return np.asarray(tensor.numpy())
+
+
+class _Names:
+    """Unique value names for the tensors the pass creates; small integer constants are shared."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.used: set[str] = set()
+        for graph in model.graphs():
+            self.used.update(v.name for v in (*graph.inputs, *graph.outputs) if v.name)
+            self.used.update(graph.initializers)
+            for node in graph:
+                self.used.update(v.name for v in node.outputs if v.name)
+                if node.name:
+                    self.used.add(node.name)
+
+        self.shared: dict[tuple[str, str, tuple[int, ...], bytes], ir.Value] = {}
+
+    def __call__(self, base: str) -> str:
+        name, index = base, 1
+        while name in self.used:
+            name, index = f"{base}_{index}", index + 1
+        self.used.add(name)
+        return name
+
+
+def _shared_constant(graph: ir.Graph, names: _Names, base: str, array: np.ndarray) -> ir.Value:
+    """A new int64 shape/size constant, one per distinct content (three Reshapes rewritten alike share one)."""
+    array = np.ascontiguousarray(array, dtype=np.int64)
+    key = (base, array.dtype.str, array.shape, array.tobytes())
+    value = names.shared.get(key)
+    if value is None or value.graph is not graph:
+        value = _new_initializer(graph, names, base, array)
+        names.shared[key] = value
+    return value
+
+
+def _new_initializer(graph: ir.Graph, names: _Names, base: str, array: np.ndarray) -> ir.Value:
+    name = names(base)
+    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
+    if value.uses() or value.is_graph_output() or value.is_graph_input():
+        return
+    if value.is_initializer() and graph.initializers.get(value.name or "") is value:
+        del graph.initializers[value.name]
+        return
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and not any(o.uses() for o in producer.outputs):
+        graph.remove(producer, safe=True)
+
+
+def _int_attr(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.value)
+
+
+def _float_attr(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.value)
+
+
+def _parse_per_node(items: tuple[str, ...]) -> dict[str, float]:
+    parsed: dict[str, float] = {}
+    for item in items:
+        name, sep, text = str(item).rpartition(":")
+        if not sep or not name:
+            raise PipelineError(f"prune-channels: per_node item {item!r} must be written name:ratio")
+        try:
+            ratio = float(text)
+        except ValueError:
+            raise PipelineError(f"prune-channels: per_node item {item!r}: '{text}' is not a number") from None
+        if not 0.0 <= ratio < 1.0:
+            raise PipelineError(f"prune-channels: per_node item {item!r}: the ratio must be in [0, 1)")
+        if name in parsed and parsed[name] != ratio:
+            raise PipelineError(f"prune-channels: per_node gives node '{name}' two ratios")
+        parsed[name] = ratio
+    return parsed
+
+
+def _check_choice(option: str, value: object, annotation: object) -> None:
+    choices = get_args(annotation)
+    if value not in choices:
+        raise PipelineError(f"prune-channels: {option} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class _SectionPlan:
+    """One section of a group: its units, scores, and what the selection decided."""
+
+    group: ChannelGroup
+    producers: tuple[str, ...]  # producer node labels
+    units: np.ndarray
+    scores: np.ndarray  # per unit of the section (inf: never removed)
+    unit_multiple: int
+    min_units: int
+    ratio: float
+    overridden: bool
+    block: int
+    removed: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.units.size)
+
+
+@dataclass
+class _Job:
+    """A layer whose input channels were removed: what to collect and how to write the refit back."""
+
+    node: ir.Node
+    label: str
+    kind: str  # "conv" | "gemm" | "matmul"
+    x: ir.Value
+    y: ir.Value
+    in_keep: np.ndarray
+    out_keep: np.ndarray
+    intercept: str | None  # "bias" | "add" | None
+    add_node: ir.Node | None = None
+    stats: LayerStatistics | None = None
+    conv: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@register_pass
+class PruneChannelsPass(OnnxpqPass):
+    """Remove whole output channels of Conv/Gemm/MatMul and everything coupled to them (lossy)."""
+
+    name = "prune-channels"
+    exact = False
+
+    def __init__(
+        self,
+        ratio: float = 0.5,
+        *,
+        importance: Importance = "l1",
+        scope: Scope = "layer",
+        per_node: tuple[str, ...] = (),
+        multiple: int | None = None,
+        reconstruct: Reconstruct = "auto",
+        min_channels: int = 1,
+        exclude_nodes: tuple[str, ...] = (),
+        damping: float = 1e-3,
+    ) -> None:
+        if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+            raise PipelineError(f"prune-channels: ratio must be in [0, 1), got {ratio}")
+        _check_choice("importance", importance, Importance)
+        _check_choice("scope", scope, Scope)
+        _check_choice("reconstruct", reconstruct, Reconstruct)
+        if multiple is not None and (not isinstance(multiple, int) or multiple < 1):
+            raise PipelineError(f"prune-channels: multiple must be a positive integer or none, got {multiple}")
+        if not isinstance(min_channels, int) or min_channels < 1:
+            raise PipelineError(f"prune-channels: min_channels must be a positive integer, got {min_channels}")
+        if not isinstance(damping, (int, float)) or not 0.0 < damping < 1.0:
+            raise PipelineError(f"prune-channels: damping must be in (0, 1), got {damping}")
+        _parse_per_node(tuple(per_node))
+        self.ratio = float(ratio)
+        self.importance = importance
+        self.scope = scope
+        self.per_node = tuple(per_node)
+        self.multiple = multiple
+        self.reconstruct = reconstruct
+        self.min_channels = min_channels
+        self.exclude_nodes = tuple(exclude_nodes)
+        self.damping = float(damping)
+
+    # ---------------------------------------------------------------- driver
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        ctx = PassContext.current()
+        data = ctx.calibration
+        reconstruct = self.reconstruct == "on" or (self.reconstruct == "auto" and data is not None)
+        if data is None and self.reconstruct == "on":
+            raise PipelineError("prune-channels: reconstruct=on needs calibration data (--calibration or --data)")
+        if data is None and self.importance == "activation":
+            raise PipelineError("prune-channels: importance=activation needs calibration data (--calibration or --data)")
+        multiple = self.multiple if self.multiple is not None else (ctx.target.sparsity.channel_multiple if ctx.target else 1)
+        overrides = _parse_per_node(self.per_node)
+
+        analysis = ctx.analyses.get(ChannelGroups, model)
+        labels = node_labels(model.graph)
+        nodes = {label: node for node, label in labels.items()}
+        unknown = sorted(set(overrides) - set(nodes))
+        if unknown:
+            logger.warning("prune-channels: per_node names no node of the graph: %s", ", ".join(unknown))
+
+        unprunable = [
+            {"group": g.index, "channels": g.channels, "producers": list(g.producers), "reason": g.reason}
+            for g in analysis.groups
+            if not g.prunable
+        ]
+        candidates: list[ChannelGroup] = []
+        excluded = []
+        for group in analysis.prunable:
+            hit = sorted(set(group.nodes) & set(self.exclude_nodes))
+            if hit:
+                excluded.append({"group": group.index, "producers": list(group.producers), "reason": f"touches excluded node(s) {', '.join(hit)}"})
+                logger.debug("prune-channels: group %d left whole: touches excluded %s", group.index, hit)
+                continue
+            if group.units < 2:
+                continue
+            candidates.append(group)
+        for item in unprunable:
+            logger.debug("prune-channels: group %d unprunable: %s", item["group"], item["reason"])
+
+        scores, used = self._importance(model, candidates, data)
+        sections = self._sections(candidates, scores, multiple, overrides)
+        if self.scope == "global":
+            self._select_global(sections)
+        else:
+            for section in sections:
+                self._select_layer(section)
+        removed = self._removed_units(candidates, sections, scores)
+
+        ctx.note("unprunable_groups", unprunable)
+        if excluded:
+            ctx.note("excluded_groups", excluded)
+        ctx.note("importance", self.importance)
+        ctx.note("multiple", multiple)
+        if not any(r.size for r in removed.values()):
+            ctx.note("pruned_groups", [])
+            ctx.note("reconstruction", "not needed" if reconstruct else "off")
+            logger.info("prune-channels: nothing to remove (%d prunable groups)", len(candidates))
+            return ir.passes.PassResult(model, False)
+
+        keep = self._keep_masks(candidates, removed)
+        jobs, skipped = self._jobs(model, candidates, removed, keep, labels) if reconstruct else ([], {})
+        if jobs:
+            self._collect(model, jobs, data)  # type: ignore[arg-type]
+        names = _Names(model)
+        self._slice(model, candidates, removed, keep, names)
+        self._apply_updates(model, candidates, keep, nodes, names)
+        for job in jobs:
+            self._refit(model, job, names)
+
+        records = []
+        jobs_by_node = {job.label: job for job in jobs}
+        for group in candidates:
+            gone = removed[group.index]
+            if not gone.size:
+                continue
+            kept_units = group.units - gone.size
+            record: dict[str, Any] = {
+                "group": group.index,
+                "producers": list(group.producers),
+                "channels_before": group.channels,
+                "channels_after": kept_units * group.block,
+                "units_removed": int(gone.size),
+                "block": group.block,
+                "importance": used.get(group.index, self.importance),
+            }
+            if reconstruct:
+                record["reconstruction"] = [
+                    jobs_by_node[c].result if c in jobs_by_node else {"node": c, "applied": False, "reason": skipped[c]}
+                    for c in group.consumers
+                    if c in jobs_by_node or c in skipped
+                ]
+            records.append(record)
+        ctx.note("pruned_groups", records)
+        ctx.note("reconstruction", "on" if reconstruct else "off")
+        before = sum(r["channels_before"] for r in records)
+        after = sum(r["channels_after"] for r in records)
+        ctx.note("channels_before", before)
+        ctx.note("channels_after", after)
+        logger.info(
+            "prune-channels: %d of %d prunable groups pruned, channels %d -> %d; %d groups unprunable; %d layers refitted",
+            len(records), len(candidates), before, after, len(unprunable),
+            sum(1 for j in jobs if j.result.get("applied")),
+        )
+        return ir.passes.PassResult(model, True)
+
+    # ---------------------------------------------------------------- importance
+
+    def _importance(
+        self, model: ir.Model, groups: list[ChannelGroup], data: Mapping[str, np.ndarray] | None
+    ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """Score of every unit of every group (inf: a unit no producer owns, never removed)."""
+        values = _main_values(model)
+        activations: dict[Key, np.ndarray] = {}
+        if self.importance == "activation" and groups:
+            activations = _mean_abs_activations(model, groups, data or {}, values)  # type: ignore[arg-type]
+        scores: dict[int, np.ndarray] = {}
+        used: dict[int, str] = {}
+        for group in groups:
+            method = self.importance
+            total = np.zeros(group.units)
+            if method == "bn-scale":
+                scales = [m for m in group.members if m.role == "bn-scale"]
+                if scales:
+                    for member in scales:
+                        gamma = np.abs(_constant_array(values[member.value]).astype(np.float64).reshape(-1))
+                        total += np.bincount(member.units, weights=gamma, minlength=group.units)
+                else:
+                    method = "l1"
+            if method == "activation":
+                for key, mean_abs in activations.items():
+                    member = group.member(*key)
+                    if member is not None:
+                        total += np.bincount(member.units, weights=mean_abs, minlength=group.units)
+            if method in ("l1", "l2"):
+                for member in group.members:
+                    if member.role != "producer":
+                        continue
+                    array = _constant_array(values[member.value]).astype(np.float64)
+                    other = tuple(a for a in range(array.ndim) if a != member.axis)
+                    per_element = np.abs(array).sum(axis=other) if method == "l1" else np.square(array).sum(axis=other)
+                    total += np.bincount(member.units, weights=per_element, minlength=group.units)
+                if method == "l2":
+                    total = np.sqrt(total)
+            owned = np.zeros(group.units, dtype=bool)
+            for member in group.members:
+                if member.role == "producer":
+                    owned[member.units] = True
+            total[~owned] = np.inf
+            scores[group.index] = total
+            used[group.index] = method
+        return scores, used
+
+    # ---------------------------------------------------------------- selection
+
+    def _sections(
+        self,
+        groups: list[ChannelGroup],
+        scores: dict[int, np.ndarray],
+        multiple: int,
+        overrides: dict[str, float],
+    ) -> list[_SectionPlan]:
+        plans = []
+        for group in groups:
+            producer_nodes = {m.value: m.nodes for m in group.members if m.role == "producer"}
+            for section in group.sections:
+                nodes = tuple(dict.fromkeys(n for w in section.producers for n in producer_nodes.get(w, ())))
+                ratios = [overrides[n] for n in nodes if n in overrides]
+                blocks = list(section.blocks.values())
+                if multiple > 1 and all(b is not None for b in blocks):
+                    unit_multiple = 1
+                    for b in blocks:
+                        unit_multiple = math.lcm(unit_multiple, multiple // math.gcd(multiple, b))  # type: ignore[arg-type]
+                else:
+                    unit_multiple = 1
+                    if multiple > 1:
+                        logger.debug("prune-channels: group %d: units of unequal size; multiple=%d not enforced", group.index, multiple)
+                smallest_block = min((b for b in blocks if b), default=1)
+                plans.append(
+                    _SectionPlan(
+                        group=group,
+                        producers=nodes,
+                        units=section.units,
+                        scores=scores[group.index][section.units],
+                        unit_multiple=unit_multiple,
+                        min_units=max(1, -(-self.min_channels // smallest_block)),
+                        ratio=min(ratios) if ratios else self.ratio,
+                        overridden=bool(ratios),
+                        block=smallest_block,
+                    )
+                )
+        return plans
+
+    def _select_layer(self, section: _SectionPlan) -> None:
+        remove = int(math.floor(section.ratio * section.size + 1e-9))
+        self._finish(section, section.size - remove, np.argsort(section.scores, kind="stable"))
+
+    def _finish(self, section: _SectionPlan, keep: int, order: np.ndarray) -> None:
+        """Keep ``keep`` units (raised to the minimum and to a multiple), removing the lowest of ``order``."""
+        keep = max(keep, section.min_units)
+        if section.unit_multiple > 1:
+            keep = -(-keep // section.unit_multiple) * section.unit_multiple
+        removable = [int(i) for i in order if np.isfinite(section.scores[i])]
+        count = max(0, min(section.size - keep, len(removable)))
+        if section.unit_multiple > 1 and (section.size - count) % section.unit_multiple:
+            count = 0  # a section whose size is not a multiple stays whole rather than break the multiple
+        section.removed = [int(section.units[i]) for i in removable[:count]]
+
+    def _select_global(self, sections: list[_SectionPlan]) -> None:
+        pooled = [s for s in sections if not s.overridden]
+        for section in sections:
+            if section.overridden:
+                self._select_layer(section)
+        if not pooled:
+            return
+        items = []
+        total_channels = 0.0
+        for index, section in enumerate(pooled):
+            scores = section.scores
+            finite = scores[np.isfinite(scores)]
+            mean = float(finite.mean()) if finite.size else 1.0
+            normalised = scores / mean if mean > 0 else scores
+            block = section.block
+            total_channels += section.size * block
+            for unit in range(section.size):
+                if np.isfinite(scores[unit]):
+                    items.append((float(normalised[unit]), index, unit, block))
+        items.sort(key=lambda item: (item[0], item[1], item[2]))
+        budget = self.ratio * total_channels
+        removed: dict[int, list[int]] = {i: [] for i in range(len(pooled))}
+        spent = 0.0
+        for score, index, unit, block in items:
+            if spent + block > budget + 1e-9:
+                continue
+            section = pooled[index]
+            if section.size - len(removed[index]) - 1 < section.min_units:
+                continue
+            removed[index].append(unit)
+            spent += block
+        for index, section in enumerate(pooled):
+            chosen = removed[index]
+            rest = [u for u in np.argsort(section.scores, kind="stable").tolist() if u not in chosen]
+            self._finish(section, section.size - len(chosen), np.asarray(chosen + rest, dtype=np.int64))
+
+    def _removed_units(
+        self, groups: list[ChannelGroup], sections: list[_SectionPlan], scores: dict[int, np.ndarray]
+    ) -> dict[int, np.ndarray]:
+        """Removed units per group, after making sure every member keeps at least one element."""
+        removed: dict[int, set[int]] = {g.index: set() for g in groups}
+        for section in sections:
+            removed[section.group.index].update(section.removed)
+        result = {}
+        for group in groups:
+            gone = removed[group.index]
+            changed = True
+            while changed and gone:
+                changed = False
+                for member in group.members:
+                    mask = np.isin(member.units, list(gone))
+                    if mask.all():
+                        candidates = np.unique(member.units)
+                        best = max(candidates.tolist(), key=lambda u: (scores[group.index][u], -u))
+                        gone.discard(best)
+                        logger.debug(
+                            "prune-channels: group %d: unit %d kept so that '%s' keeps an element", group.index, best, member.value
+                        )
+                        changed = True
+            result[group.index] = np.asarray(sorted(gone), dtype=np.int64)
+        return result
+
+    @staticmethod
+    def _keep_masks(groups: list[ChannelGroup], removed: dict[int, np.ndarray]) -> dict[Key, np.ndarray]:
+        keep: dict[Key, np.ndarray] = {}
+        for group in groups:
+            gone = removed[group.index]
+            if not gone.size:
+                continue
+            for member in group.members:
+                mask = ~np.isin(member.units, gone)
+                if not mask.all():
+                    keep[(member.value, member.axis)] = mask
+        return keep
+
+    # ---------------------------------------------------------------- editing
+
+    @staticmethod
+    def _slice(
+        model: ir.Model,
+        groups: list[ChannelGroup],
+        removed: dict[int, np.ndarray],
+        keep: dict[Key, np.ndarray],
+        names: _Names,
+    ) -> None:
+        graph = model.graph
+        values = _main_values(model)
+        constants: dict[str, dict[int, np.ndarray]] = {}
+        for group in groups:
+            if not removed[group.index].size:
+                continue
+            for member in group.members:
+                mask = keep.get((member.value, member.axis))
+                if mask is None:
+                    continue
+                if member.constant:
+                    constants.setdefault(member.value, {})[member.axis] = mask
+                    continue
+                value = values[member.value]
+                if value.shape is not None and member.axis < len(value.shape):
+                    dims = list(value.shape)
+                    dims[member.axis] = int(mask.sum())
+                    value.shape = ir.Shape(dims)
+        for name, masks in constants.items():
+            old = values[name]
+            array = _constant_array(old)
+            for axis, mask in sorted(masks.items()):
+                array = np.compress(mask, array, axis=axis)
+            new = _new_initializer(graph, names, f"{name}_pruned", array)
+            old.replace_all_uses_with(new)
+            _remove_if_unused(graph, old)
+
+    def _apply_updates(
+        self,
+        model: ir.Model,
+        groups: list[ChannelGroup],
+        keep: dict[Key, np.ndarray],
+        nodes: dict[str, ir.Node],
+        names: _Names,
+    ) -> None:
+        graph = model.graph
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        sizes = {(m.value, m.axis): m.size for g in groups for m in g.members}
+        reshapes: dict[str, list[tuple[NodeUpdate, int]]] = {}
+        for group in groups:
+            for update in group.updates:
+                if not any(key in keep for key in update.keys):
+                    continue
+                node = nodes[update.node]
+                if update.kind == "group":
+                    kept = _kept(keep, update.keys[0], sizes)
+                    node.attributes["group"] = ir.AttrInt64("group", kept // int(update.data["per_group"]))
+                elif update.kind == "reshape":
+                    reshapes.setdefault(update.node, []).append((update, _kept(keep, update.keys[0], sizes)))
+                elif update.kind == "split":
+                    self._update_split(graph, node, [_kept(keep, key, sizes) for key in update.keys[1:]], opset, names)
+                elif update.kind == "slice":
+                    self._update_slice(graph, node, update, keep, opset, names)
+        for label, entries in reshapes.items():
+            self._update_reshape(graph, nodes[label], entries, nodes, names)
+
+    @staticmethod
+    def _update_split(graph: ir.Graph, node: ir.Node, sizes: list[int], opset: int, names: _Names) -> None:
+        if opset < 13:
+            node.attributes["split"] = ir.AttrInt64s("split", sizes)
+            return
+        value = _shared_constant(graph, names, f"{node.name or 'split'}_sizes", np.asarray(sizes, dtype=np.int64))
+        old = node.inputs[1] if len(node.inputs) > 1 else None
+        if len(node.inputs) < 2:
+            node.resize_inputs(2)
+        node.replace_input_with(1, value)
+        node.attributes.pop("num_outputs", None)
+        if old is not None:
+            _remove_if_unused(graph, old)
+
+    @staticmethod
+    def _update_slice(
+        graph: ir.Graph, node: ir.Node, update: NodeUpdate, keep: dict[Key, np.ndarray], opset: int, names: _Names
+    ) -> None:
+        in_key = update.keys[0]
+        start, end, position = int(update.data["start"]), int(update.data["end"]), int(update.data["position"])
+        mask = keep.get(in_key)
+        if mask is None:
+            return
+        new_start = int(mask[:start].sum())
+        new_end = new_start + int(mask[start:end].sum())
+        if opset < 10:
+            for attr, new in (("starts", new_start), ("ends", new_end)):
+                entries = [int(v) for v in node.attributes[attr].value]
+                entries[position] = new
+                node.attributes[attr] = ir.AttrInt64s(attr, entries)
+            return
+        for index, new in ((1, new_start), (2, new_end)):
+            old = node.inputs[index]
+            array = _constant_array(old).astype(np.int64).reshape(-1).copy()  # type: ignore[arg-type]
+            array[position] = new
+            value = _shared_constant(graph, names, f"{old.name or 'slice'}_pruned", array)  # type: ignore[union-attr]
+            node.replace_input_with(index, value)
+            _remove_if_unused(graph, old)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _update_reshape(
+        graph: ir.Graph,
+        node: ir.Node,
+        entries: list[tuple[NodeUpdate, int]],
+        nodes: dict[str, ir.Node],
+        names: _Names,
+    ) -> None:
+        const_changes: dict[int, int] = {}
+        piece_changes: dict[tuple[str, int], dict[int, int]] = {}
+        for update, size in entries:
+            source = update.data["source"]
+            position = int(update.data["position"])
+            if source[0] == "const":
+                const_changes[position] = size
+            elif source[0] == "piece":
+                piece_changes.setdefault((source[1], int(source[2])), {})[int(source[3])] = size
+        shape = node.inputs[1]
+        if const_changes:
+            array = _constant_array(shape).astype(np.int64).reshape(-1).copy()  # type: ignore[arg-type]
+            for position, size in const_changes.items():
+                array[position] = size
+            value = _shared_constant(graph, names, f"{shape.name or 'shape'}_pruned", array)  # type: ignore[union-attr]
+            node.replace_input_with(1, value)
+            _remove_if_unused(graph, shape)  # type: ignore[arg-type]
+            return
+        if not piece_changes:
+            return
+        concat = shape.producer()  # type: ignore[union-attr]
+        assert concat is not None  # the analysis checked the pieces come from a Concat
+        if len(shape.uses()) > 1 or shape.is_graph_output():  # type: ignore[union-attr]
+            copy = ir.Node(
+                concat.domain, "Concat", inputs=list(concat.inputs), attributes=list(concat.attributes.values()),
+                name=names(f"{concat.name or 'shape'}_pruned"), num_outputs=1,
+            )
+            copy.outputs[0].name = names(f"{shape.name or 'shape'}_pruned")  # type: ignore[union-attr]
+            copy.outputs[0].type = shape.type  # type: ignore[union-attr]
+            copy.outputs[0].shape = shape.shape  # type: ignore[union-attr]
+            graph.insert_before(node, copy)
+            node.replace_input_with(1, copy.outputs[0])
+            concat = copy
+        for (_label, index), changes in piece_changes.items():
+            piece = concat.inputs[index]
+            array = _constant_array(piece).astype(np.int64).reshape(-1).copy()  # type: ignore[arg-type]
+            for offset, size in changes.items():
+                array[offset] = size
+            value = _shared_constant(graph, names, f"{piece.name or 'shape'}_pruned", array)  # type: ignore[union-attr]
+            concat.replace_input_with(index, value)
+            _remove_if_unused(graph, piece)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- reconstruction
+
+    def _jobs(
+        self,
+        model: ir.Model,
+        groups: list[ChannelGroup],
+        removed: dict[int, np.ndarray],
+        keep: dict[Key, np.ndarray],
+        labels: dict[ir.Node, str],
+    ) -> tuple[list[_Job], dict[str, str]]:
+        nodes = {label: node for node, label in labels.items()}
+        jobs: list[_Job] = []
+        skipped: dict[str, str] = {}
+        for group in groups:
+            if not removed[group.index].size:
+                continue
+            for label in group.consumers:
+                node = nodes[label]
+                job, reason = _job_for(node, label, keep)
+                if job is None and reason:
+                    skipped[label] = reason
+                elif job is not None and job.in_keep.sum() * job.conv.get("kernel_size", 1) > _MAX_FEATURES:
+                    skipped[label] = f"more than {_MAX_FEATURES} input features"
+                elif job is not None:
+                    jobs.append(job)
+        for label, reason in skipped.items():
+            logger.debug("prune-channels: no reconstruction for '%s': %s", label, reason)
+        return jobs, skipped
+
+    def _collect(self, model: ir.Model, jobs: list[_Job], data: Mapping[str, np.ndarray]) -> None:
+        """One streamed pass per chunk of layers over the calibration data: G, C and e of every job."""
+        from onnxpq.passes.quantize.calibration import _BatchPlan, _folder_of_serialised_external_tensors, _Runner
+
+        folder = _folder_of_serialised_external_tensors(model)
+        chunk: list[_Job] = []
+        chunks: list[list[_Job]] = []
+        for job in jobs:
+            wanted = {v.name for j in chunk for v in (j.x, j.y)} | {job.x.name, job.y.name}
+            if chunk and len(wanted) > _TENSORS_PER_RUN:
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(job)
+        if chunk:
+            chunks.append(chunk)
+        for chunk in chunks:
+            outputs = list({id(v): v for j in chunk for v in (j.x, j.y)}.values())
+            names = [v.name for v in outputs]
+            runner = _Runner.build(model, outputs, folder)
+            plan = _BatchPlan.build(runner.session, data, _BATCH_SIZE)
+            for batch in runner.run(plan, data, names):  # type: ignore[arg-type]
+                arrays = dict(zip(names, batch, strict=True))
+                for job in chunk:
+                    _accumulate(job, arrays[job.x.name], arrays[job.y.name])
+            del runner
+
+    def _refit(self, model: ir.Model, job: _Job, names: _Names) -> None:
+        graph = model.graph
+        stats = job.stats
+        if stats is None or stats.rows == 0:
+            job.result = {"node": job.label, "applied": False, "reason": "no calibration rows"}
+            return
+        current = _current_matrix(job)
+        result = refit(stats, current, self.damping)
+        job.result = {
+            "node": job.label,
+            "error_before": float(result.error_before),
+            "error_after": float(min(result.error_after, result.error_before)),
+            "refit_error": float(result.error_after),
+            "applied": bool(result.improved),
+        }
+        logger.debug(
+            "prune-channels: '%s' relative output error %.3g -> %.3g (%s)",
+            job.label, result.error_before, result.error_after, "kept" if result.improved else "refit discarded",
+        )
+        if result.improved:
+            _write_matrix(graph, job, result.weights, names)
+
+
+# --------------------------------------------------------------------------- module-level workers
+
+
+def _main_values(model: ir.Model) -> dict[str, ir.Value]:
+    graph = model.graph
+    values: dict[str, ir.Value] = {v.name: v for v in graph.inputs if v.name}
+    values.update(graph.initializers)
+    for node in graph:
+        values.update((v.name, v) for v in node.outputs if v.name)
+    return values
+
+
+def _kept(keep: dict[Key, np.ndarray], key: Key, sizes: dict[Key, int]) -> int:
+    """Elements of ``key`` that stay: the mask's count, or the whole axis when nothing of it goes."""
+    mask = keep.get(key)
+    return sizes[key] if mask is None else int(mask.sum())
+
+
+def _mean_abs_activations(
+    model: ir.Model, groups: list[ChannelGroup], data: Mapping[str, np.ndarray], values: dict[str, ir.Value]
+) -> dict[Key, np.ndarray]:
+    """Mean |y| per element of every producer output axis of ``groups`` on the calibration data."""
+    from onnxpq.passes.quantize.calibration import _BatchPlan, _folder_of_serialised_external_tensors, _Runner
+
+    wanted: dict[Key, None] = {}
+    for group in groups:
+        for member in group.members:
+            if member.role != "producer":
+                continue
+            for user in values[member.value].uses():
+                for out in user.node.outputs:
+                    if out.name and group.member(out.name, _producer_out_axis(user.node, out)) is not None:
+                        wanted[(out.name, _producer_out_axis(user.node, out))] = None
+    keys = list(wanted)
+    sums = {key: np.zeros(0) for key in keys}
+    counts = dict.fromkeys(keys, 0)
+    folder = _folder_of_serialised_external_tensors(model)
+    for start in range(0, len(keys), _TENSORS_PER_RUN):
+        chunk = keys[start : start + _TENSORS_PER_RUN]
+        names = list(dict.fromkeys(name for name, _ in chunk))
+        runner = _Runner.build(model, [values[n] for n in names], folder)
+        plan = _BatchPlan.build(runner.session, data, _BATCH_SIZE)
+        for batch in runner.run(plan, data, names):
+            arrays = dict(zip(names, batch, strict=True))
+            for key in chunk:
+                array = np.abs(np.asarray(arrays[key[0]], dtype=np.float64))
+                axis = key[1]
+                if array.ndim <= axis:
+                    raise DataError(f"prune-channels: '{key[0]}' has rank {array.ndim} on the calibration data")
+                other = tuple(a for a in range(array.ndim) if a != axis)
+                total = array.sum(axis=other)
+                sums[key] = total if sums[key].size == 0 else sums[key] + total
+                counts[key] += array.size // max(array.shape[axis], 1)
+        del runner
+    return {key: sums[key] / max(counts[key], 1) for key in keys}
+
+
+def _producer_out_axis(node: ir.Node, out: ir.Value) -> int:
+    """The channel axis of a producer's output: 1 for Conv/ConvTranspose/Gemm, the last for MatMul."""
+    if node.op_type == "MatMul":
+        rank = len(out.shape) if out.shape is not None else None
+        if rank is None:
+            a, b = node.inputs[0], node.inputs[1]
+            ranks = [len(v.shape) for v in (a, b) if v is not None and v.shape is not None]
+            rank = max(ranks) if ranks else 2
+        return rank - 1
+    return 1
+
+
+def _job_for(node: ir.Node, label: str, keep: dict[Key, np.ndarray]) -> tuple[_Job | None, str]:
+    """The reconstruction job of a consumer node, or None and why not."""
+    op = node.op_type
+    if node.domain not in _ONNX_DOMAINS or op not in ("Conv", "Gemm", "MatMul"):
+        return None, f"{op} layers are not refitted"
+    x, w = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    if x is None or w is None or not w.name or len(w.uses()) != 1:
+        return None, "its weight is shared by several nodes"
+    if x.const_value is not None:
+        return None, "its input is a constant"
+    if w.const_value is None or w.is_graph_input():
+        return None, "its weight is not an initializer"
+    if op == "Conv" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        bias = node.inputs[2]
+        if bias.const_value is None or bias.is_graph_input():
+            return None, "its bias is not an initializer"
+    shape = _constant_array(w).shape
+    if op == "Conv":
+        if _int_attr(node, "group", 1) != 1:
+            return None, "grouped Conv"
+        in_axis, out_axis = 1, 0
+    elif op == "Gemm":
+        if len(shape) != 2:
+            return None, "weight is not 2-D"
+        trans_b = _int_attr(node, "transB", 0)
+        in_axis, out_axis = (1, 0) if trans_b else (0, 1)
+    else:
+        if len(shape) != 2:
+            return None, "weight is not 2-D"
+        in_axis, out_axis = 0, 1
+    in_keep = keep.get((w.name, in_axis))
+    if in_keep is None:
+        return None, "no input channel removed"
+    out_keep = keep.get((w.name, out_axis), np.ones(shape[out_axis], dtype=bool))
+    intercept: str | None = "bias"
+    add_node = None
+    if op == "Gemm":
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if _float_attr(node, "beta", 1.0) == 0.0:
+            intercept = None
+        elif c is not None:
+            if c.const_value is None or c.is_graph_input():
+                return None, "its C input is not an initializer"
+            if len(c.const_value.shape) == 2 and c.const_value.shape[0] != 1:
+                return None, "its C input has a row axis"
+    elif op == "MatMul":
+        intercept = None
+        uses = y.uses()
+        if len(uses) == 1 and not y.is_graph_output():
+            user = uses[0].node
+            other = user.inputs[1 - uses[0].idx] if user.op_type == "Add" and len(user.inputs) == 2 else None
+            if other is not None and other.const_value is not None and not other.is_graph_input():
+                other_shape = tuple(other.const_value.shape)
+                if len(other_shape) >= 1 and all(d == 1 for d in other_shape[:-1]) and other_shape[-1] == shape[1]:
+                    intercept, add_node = "add", user
+    job = _Job(node, label, op.lower(), x, y, in_keep.copy(), np.asarray(out_keep).copy(), intercept, add_node)
+    if op == "Conv":
+        kernel = list(shape[2:])
+        job.conv = {
+            "kernel": kernel,
+            "kernel_size": int(np.prod(kernel)) if kernel else 1,
+            "strides": [int(v) for v in (node.attributes["strides"].value if "strides" in node.attributes else [1] * len(kernel))],
+            "dilations": [int(v) for v in (node.attributes["dilations"].value if "dilations" in node.attributes else [1] * len(kernel))],
+            "pads": [int(v) for v in (node.attributes["pads"].value if "pads" in node.attributes else [0] * 2 * len(kernel))],
+            "auto_pad": str(node.attributes["auto_pad"].value) if "auto_pad" in node.attributes else "NOTSET",
+        }
+    return job, ""
+
+
+def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray) -> None:
+    features = int(job.in_keep.sum())
+    if job.kind == "conv":
+        features *= job.conv["kernel_size"]
+    if job.stats is None:
+        job.stats = LayerStatistics(features, int(job.out_keep.sum()), job.intercept is not None)
+    if job.kind == "conv":
+        spec = job.conv
+        out_spatial = list(y.shape[2:])
+        pads = _conv_pads(spec, list(x.shape[2:]), out_spatial)
+        kept = x[:, job.in_keep]
+        for n in range(x.shape[0]):
+            rows = conv_patches(kept[n : n + 1], spec["kernel"], spec["strides"], pads, spec["dilations"], out_spatial)
+            outputs = np.moveaxis(y[n : n + 1], 1, -1).reshape(-1, y.shape[1])[:, job.out_keep]
+            job.stats.add(rows, outputs)
+        return
+    if job.kind == "gemm" and _int_attr(job.node, "transA", 0):
+        x = x.T
+    rows = x.reshape(-1, x.shape[-1])[:, job.in_keep]
+    outputs = y.reshape(-1, y.shape[-1])[:, job.out_keep]
+    job.stats.add(rows, outputs)
+
+
+def _conv_pads(spec: dict[str, Any], in_spatial: list[int], out_spatial: list[int]) -> list[int]:
+    auto_pad = spec["auto_pad"]
+    kernel, strides, dilations = spec["kernel"], spec["strides"], spec["dilations"]
+    if auto_pad in ("NOTSET", ""):
+        return spec["pads"]
+    if auto_pad == "VALID":
+        return [0] * (2 * len(kernel))
+    begins, ends = [], []
+    for size, out, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilations):
+        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begins.append(small if auto_pad == "SAME_UPPER" else large)
+        ends.append(large if auto_pad == "SAME_UPPER" else small)
+    return begins + ends
+
+
+def _current_matrix(job: _Job) -> np.ndarray:
+    """The pruned layer's weights (and bias) as W̃ [features(+1), outputs], in the job's row/column layout."""
+    node = job.node
+    w = _constant_array(node.inputs[1]).astype(np.float64)  # type: ignore[arg-type]
+    outputs = w.shape[0] if job.kind == "conv" else None
+    if job.kind == "conv":
+        matrix = w.reshape(w.shape[0], -1).T
+    elif job.kind == "gemm":
+        matrix = (w.T if _int_attr(node, "transB", 0) else w) * _float_attr(node, "alpha", 1.0)
+        outputs = matrix.shape[1]
+    else:
+        matrix = w
+        outputs = matrix.shape[1]
+    if job.intercept is None:
+        return matrix
+    bias = np.zeros(outputs)
+    if job.kind == "conv" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        bias = _constant_array(node.inputs[2]).astype(np.float64).reshape(-1)
+    elif job.kind == "gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        c = _constant_array(node.inputs[2]).astype(np.float64)
+        bias = np.broadcast_to(c.reshape(-1) if c.ndim else c, (outputs,)) * _float_attr(node, "beta", 1.0)
+    elif job.kind == "matmul" and job.add_node is not None:
+        bias = np.zeros(outputs)  # Y is the MatMul output; the Add's constant is outside Y
+    return np.concatenate([matrix, np.broadcast_to(bias, (outputs,))[None, :]], axis=0)
+
+
+def _write_matrix(graph: ir.Graph, job: _Job, weights: np.ndarray, names: _Names) -> None:
+    node = job.node
+    old_w = node.inputs[1]
+    dtype = _constant_array(old_w).dtype  # type: ignore[arg-type]
+    features = job.stats.features  # type: ignore[union-attr]
+    matrix, bias = weights[:features], (weights[features] if job.intercept is not None else None)
+    if job.kind == "conv":
+        shape = _constant_array(old_w).shape  # type: ignore[arg-type]
+        new_w = matrix.T.reshape(shape)
+    elif job.kind == "gemm":
+        alpha = _float_attr(node, "alpha", 1.0)
+        new_w = matrix / alpha
+        if _int_attr(node, "transB", 0):
+            new_w = new_w.T
+    else:
+        new_w = matrix
+    value = _new_initializer(graph, names, f"{old_w.name}_refit", new_w.astype(dtype))  # type: ignore[union-attr]
+    node.replace_input_with(1, value)
+    _remove_if_unused(graph, old_w)  # type: ignore[arg-type]
+    if bias is None:
+        return
+    if job.kind == "conv":
+        _set_bias(graph, node, 2, bias.astype(dtype), names, f"{node.name or 'conv'}_bias_refit")
+    elif job.kind == "gemm":
+        beta = _float_attr(node, "beta", 1.0)
+        old_c = node.inputs[2] if len(node.inputs) > 2 else None
+        c = bias / beta
+        if old_c is not None and len(old_c.const_value.shape) == 2:  # type: ignore[union-attr]
+            c = c.reshape(1, -1)
+        _set_bias(graph, node, 2, c.astype(dtype), names, f"{node.name or 'gemm'}_bias_refit")
+    elif job.add_node is not None:
+        add = job.add_node
+        index = 1 if add.inputs[0] is job.y else 0
+        old = add.inputs[index]
+        current = _constant_array(old).astype(np.float64)  # type: ignore[arg-type]
+        new = (current + bias.reshape(current.shape)).astype(_constant_array(old).dtype)  # type: ignore[arg-type]
+        value = _new_initializer(graph, names, f"{old.name}_refit", new)  # type: ignore[union-attr]
+        add.replace_input_with(index, value)
+        _remove_if_unused(graph, old)  # type: ignore[arg-type]
+
+
+def _set_bias(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: _Names, base: str) -> None:
+    old = node.inputs[index] if len(node.inputs) > index else None
+    if old is not None and old.name:
+        base = f"{old.name}_refit"
+    value = _new_initializer(graph, names, base, array)
+    if len(node.inputs) <= index:
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+    if old is not None:
+        _remove_if_unused(graph, old)
