@@ -59,9 +59,10 @@ def test_optimize_writes_model_and_reports_and_exits_0(tmp_path: Path, model_pat
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["baseline"]["accuracy"] == 1.0 and report["optimized"]["accuracy"] >= 0.95
     assert [p["name"] for p in report["passes"]] == [
-        "constants-to-initializers", "eliminate-identity", "fold-batchnorm", "eliminate-dead", "quantize-static"]
-    assert "MatMul" in [n.op_type for n in ir.load(out).graph]
-    assert report["optimized"]["kernels"]["integer"] == {"QLinearMatMul": 1}
+        "constants-to-initializers", "eliminate-identity", "fold-batchnorm", "eliminate-dead", "quantize-static",
+        "quantize-dynamic"]
+    assert "DynamicQuantizeMatMul" in [n.op_type for n in ir.load(out).graph]  # a constant-weight MatMul: dynamic int8
+    assert report["optimized"]["kernels"]["integer"] == {"DynamicQuantizeMatMul": 1}
     assert "<table" in (tmp_path / "r.html").read_text()
 
 
