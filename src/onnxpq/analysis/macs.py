@@ -532,6 +532,45 @@ def _infer_shapes(model: ir.Model) -> None:
         logger.warning("shape inference failed (%s); using the shapes already in the model", error)
 
 
+def _symbolic_shapes(model: ir.Model) -> None:
+    """Fill the main graph's unresolved shapes with onnxruntime's symbolic shape inference.
+
+    onnx's inference loses the batch dim of transformer exports (position ids
+    built with Shape/Gather/Expand); onnxruntime's symbolic inference tracks it.
+    Large initializers are handed over as typed graph inputs, without data.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # pragma: no cover - part of onnxruntime's wheel, but optional there
+        return
+    light = model.clone()
+    graph = light.graph
+    for name, value in list(graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is not None and tensor.nbytes > 1024:
+            value.const_value = None
+            graph.initializers.pop(name)
+            value.type = ir.TensorType(tensor.dtype)
+            value.shape = ir.Shape(tensor.shape)
+            graph.inputs.append(value)
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(ir.to_proto(light), auto_merge=True, guess_output_rank=True)
+    except Exception as error:  # noqa: BLE001 - best effort, like onnx's inference
+        logger.debug("symbolic shape inference failed: %s", error)
+        return
+    if inferred is None:
+        return
+    shapes: dict[str, list[int]] = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+        if all(isinstance(d, int) for d in dims):
+            shapes[info.name] = dims  # type: ignore[assignment]
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name in shapes and (value.shape is None or not all(isinstance(d, int) for d in value.shape)):
+                value.shape = ir.Shape(shapes[value.name])
+
+
 def _weight_bits_total(model: ir.Model) -> int:
     """Sum of elements * bits over all initializers of all graphs; DQ-fed at quantized bits."""
     quantized_bits: dict[int, int] = {}
@@ -575,6 +614,11 @@ def model_cost(
     if input_shapes:
         _bind_input_shapes(work, input_shapes)
     _infer_shapes(work)
+    if any(
+        _mac_formula(node) is not None and _mac_formula(node)(node) is None  # type: ignore[misc]
+        for node in work.graph
+    ):
+        _symbolic_shapes(work)
 
     costs: list[NodeCost] = []
     unresolved: list[str] = []
