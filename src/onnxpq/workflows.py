@@ -4,9 +4,14 @@ optimize: load (safe) -> parse the pipeline for the target -> run the passes
 (verified, with rollback) -> stage the output beside its destination and
 check it -> measure baseline and output side by side in onnxruntime ->
 evaluate the gate (giving the most harmful quantized nodes back to float
-first when an accuracy gate is set, see :mod:`onnxpq.search.fallback`) -> commit the output and write the reports. Any error
-before the commit leaves nothing behind and the input untouched; a failed
-gate still writes everything (exit code 1 in the CLI).
+first when an accuracy gate is set, see :mod:`onnxpq.search.fallback`) ->
+commit the output and write the reports. Any error before the commit leaves
+nothing behind and the input untouched; a failed gate still writes
+everything (exit code 1 in the CLI).
+
+Without ``calibration``, a seeded quarter of ``data`` (at most 256 samples)
+calibrates and the rest validates, so no figure is measured on the samples
+the ranges were fitted to.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from onnxpq.core.session import has_external_data, make_session, run_in_batches
 from onnxpq.errors import DataError, OutputError
 from onnxpq.io import external_files, load_model, stage_model, write_text_atomic
 from onnxpq.report.html import render_html
-from onnxpq.search.fallback import FallbackResult, accuracy_drop, excludable, give_back_until_gate
 from onnxpq.report.schema import build_report, report_json
+from onnxpq.search.fallback import FallbackResult, accuracy_drop, excludable, give_back_until_gate
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
 from onnxpq.validation.figures import PairFigures, measure_pair
@@ -205,7 +210,13 @@ def optimize(
     ir_model = load_model(model_path)
     dataset = _dataset(ir_model, data)
     _check_gate_possible(ir_model, dataset, max_accuracy_drop)
-    calib = load_dataset(calibration, ir_model) if calibration is not None else dataset
+    if calibration is not None:
+        calib = load_dataset(calibration, ir_model)
+    elif data is not None and dataset.samples >= 8:
+        calib, dataset = dataset.split()  # disjoint: figures are never measured on calibration samples
+        logger.info("no --calibration: calibrating on %s; validating on the rest", calib.source)
+    else:
+        calib = dataset
 
     def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
         return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure)
@@ -242,6 +253,7 @@ def optimize(
             dataset=dataset,
             gate=gate,
         )
+        the_report["data"]["calibration"] = {"source": calib.source, "samples": calib.samples}
         staged.commit()
     _write_reports(the_report, report, html, model_path)
     if not gate["passed"]:

@@ -97,9 +97,12 @@ def test_gate_without_a_threshold_passes(report: dict[str, Any]) -> None:
     assert report["gate"]["reasons"] == []
 
 
-def test_data_section_says_labelled_samples(report: dict[str, Any]) -> None:
-    assert report["data"]["samples"] == 24
+def test_data_section_says_labelled_samples_and_the_disjoint_calibration_split(report: dict[str, Any]) -> None:
+    # 24 samples in --data and no --calibration: a quarter (6) calibrates, the other 18 validate
+    assert report["data"]["samples"] == 18
     assert report["data"]["labels"] is True
+    assert report["data"]["calibration"]["samples"] == 6
+    assert "calibration split" in report["data"]["calibration"]["source"]
 
 
 def test_report_json_round_trips_without_nan_or_infinity(report: dict[str, Any]) -> None:

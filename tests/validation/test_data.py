@@ -191,3 +191,14 @@ def test_synthesized_dataset_differs_between_seeds() -> None:
 def test_synthesized_dataset_refuses_a_string_input() -> None:
     with pytest.raises(DataError, match="cannot synthesise"):
         synthesized_dataset(_model("(string[batch] x) => (string[batch] y)"))
+
+
+def test_split_is_disjoint_seeded_and_capped() -> None:
+    x = np.arange(40, dtype=np.float32).reshape(40, 1)
+    data = Dataset({"x": x}, np.arange(40), "d.npz")
+    calib, rest = data.split(fraction=0.25, cap=6)
+    assert calib.samples == 6 and rest.samples == 34
+    assert not set(calib.inputs["x"].ravel()) & set(rest.inputs["x"].ravel())
+    np.testing.assert_array_equal(calib.labels, calib.inputs["x"].ravel().astype(int))  # labels follow their samples
+    again, _ = data.split(fraction=0.25, cap=6)
+    np.testing.assert_array_equal(again.inputs["x"], calib.inputs["x"])

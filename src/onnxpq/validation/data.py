@@ -39,6 +39,22 @@ class Dataset:
     def samples(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
 
+    def split(self, fraction: float = 0.25, cap: int = 256, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """(calibration, validation): a seeded random ``fraction`` of the samples (at most ``cap``), and the rest."""
+        count = self.samples
+        take = max(1, min(cap, int(count * fraction)))
+        order = np.random.default_rng(seed).permutation(count)
+        chosen, rest = np.sort(order[:take]), np.sort(order[take:])
+
+        def pick(index: np.ndarray, source: str) -> Dataset:
+            labels = self.labels[index] if self.labels is not None else None
+            return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, source)
+
+        return (
+            pick(chosen, f"{self.source} (calibration split: {take} samples)"),
+            pick(rest, f"{self.source} (validation split: {count - take} samples)"),
+        )
+
     def head(self, count: int) -> Dataset:
         """The first ``count`` samples."""
         labels = self.labels[:count] if self.labels is not None else None
