@@ -532,6 +532,51 @@ def _infer_shapes(model: ir.Model) -> None:
         logger.warning("shape inference failed (%s); using the shapes already in the model", error)
 
 
+def _typed_input(graph: ir.Graph, name: str, dims: Sequence[int], dtype: ir.DataType) -> ir.Value:
+    value = ir.Value(name=name, shape=ir.Shape(list(dims)), type=ir.TensorType(dtype))
+    graph.inputs.append(value)
+    return value
+
+
+def _float_twin(graph: ir.Graph) -> None:
+    """Rewrite quantized nodes into the float ops whose shapes inference knows, in place (on a throwaway clone).
+
+    DequantizeLinear of an initializer becomes a typed float input of the
+    same shape; DynamicQuantizeMatMul, MatMulIntegerToFloat and MatMulNBits
+    become MatMul with a typed float weight input [K, N]. Value names are kept,
+    so the shapes found map back to the real model.
+    """
+    for node in list(graph):
+        key = (node.domain or "", node.op_type)
+        out = node.outputs[0] if node.outputs else None
+        if out is None:
+            continue
+        if key in (("", "DequantizeLinear"), ("ai.onnx", "DequantizeLinear")):
+            source = node.inputs[0]
+            if source is None or source.const_value is None:
+                continue
+            float_type = node.inputs[1].dtype if len(node.inputs) > 1 and node.inputs[1].dtype else ir.DataType.FLOAT
+            replacement = _typed_input(graph, f"{out.name}__twin", source.const_value.shape, float_type)
+        elif key in ((_MS_DOMAIN, "DynamicQuantizeMatMul"), (_MS_DOMAIN, "MatMulIntegerToFloat"), (_MS_DOMAIN, "MatMulNBits")):
+            if node.op_type == "MatMulNBits":
+                dims = [_attr_int(node, "K", 0), _attr_int(node, "N", 0)]
+            else:
+                weight = node.inputs[1]
+                if weight is None or weight.const_value is None:
+                    continue
+                dims = list(weight.const_value.shape)
+            weight_twin = _typed_input(graph, f"{out.name}__weight_twin", dims, ir.DataType.FLOAT)
+            matmul_out = ir.Value(name=f"{out.name}__twin")
+            matmul = ir.node("MatMul", [node.inputs[0], weight_twin], outputs=[matmul_out])
+            graph.insert_before(node, matmul)
+            replacement = matmul_out
+        else:
+            continue
+        out.replace_all_uses_with(replacement, replace_graph_outputs=True)
+        replacement.name, out.name = out.name, f"{out.name}__quantized"
+        graph.remove(node, safe=False)
+
+
 def _symbolic_shapes(model: ir.Model) -> None:
     """Fill the main graph's unresolved shapes with onnxruntime's symbolic shape inference.
 
@@ -545,6 +590,11 @@ def _symbolic_shapes(model: ir.Model) -> None:
         return
     light = model.clone()
     graph = light.graph
+    for node in graph:
+        for value in node.outputs:
+            if not value.is_graph_output():
+                value.shape = None  # onnx's partial answers ('unk__' dims) would be kept as if known
+    _float_twin(graph)
     for name, value in list(graph.initializers.items()):
         tensor = value.const_value
         if tensor is not None and tensor.nbytes > 1024:

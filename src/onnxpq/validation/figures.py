@@ -212,7 +212,10 @@ def measure_pair(
             )
         else:
             ms = cost.bops / target.cost.bops_per_second * 1e3  # one inference (batch as fed)
-            latency = Latency(ms, ms, True, method)
+            how = method
+            if cost.unresolved:
+                how += f"; LOWER BOUND: the shapes of {len(cost.unresolved)} compute node(s) could not be resolved (0 MACs)"
+            latency = Latency(ms, ms, True, how)
         accuracy = top1_accuracy(outputs[index][0], dataset.labels) if dataset.labels is not None else None
         figures.append(
             ModelFigures(
