@@ -12,7 +12,9 @@ calibration (:mod:`onnxpq.passes.quantize.calibration`):
 
 Which tensors: the float activation inputs and outputs of every quantized
 node. Conv, Gemm and MatMul are always candidates; Add and Mul (QLinearAdd /
-QLinearMul), pooling, Concat and data-movement ops (Reshape, Flatten,
+QLinearMul) only when every activation operand is itself quantized (a
+residual Add of two conv branches: yes; scores plus an attention-mask bias:
+no), pooling, Concat and data-movement ops (Reshape, Flatten,
 Transpose, Squeeze, Unsqueeze) are quantized only when an input already is,
 so no isolated Q/DQ pair is left that cannot fuse. Data-movement ops and
 MaxPool give their output the *same* scale and zero point as their input, so
@@ -310,7 +312,10 @@ class QuantizeStaticPass(OnnxpqPass):
                     mark(node, [x])
                 continue
             if op in _BINARY:
-                if not any(v in quantized_outputs for v in inputs):
+                activations = [v for v in inputs if _is_float_activation(v)]
+                if not activations or not all(v in quantized_outputs for v in activations):
+                    # e.g. an attention-mask bias (-1e4 / -3.4e38) added to quantized scores: one shared
+                    # scale for both would flatten the scores; leave the Add in float
                     continue
                 if not all(_is_float_activation(v) or _initializer(v) is not None for v in inputs):
                     continue
