@@ -72,14 +72,34 @@ Element-wise ops
     copying the channel itself need nothing).
 ``Transpose``, ``Squeeze``, ``Unsqueeze``, ``Identity``, ``Dropout``, ``Cast``
     axis permuted, removed or inserted as the op says (static axes only).
-Pooling (``MaxPool``, ``AveragePool``, ``LpPool``, ``Global*Pool``), ``Pad``
-and ``Resize`` with 0 padding / scale 1 on the axis
+Pooling (``MaxPool``, ``AveragePool``, ``LpPool``, ``Global*Pool``), ``Pad``,
+``Resize``/``Upsample`` and ``Expand`` with 0 padding / scale 1 / size 1 on the axis
     channel axis passes through.
 ``Softmax``, ``LayerNormalization``, ``Reduce*``
     pass the axis through when they do not normalise or reduce over it.
 ``Shape``
     allowed when its output is only read at other indices (a Gather or Slice
     of constant indices): the computed shapes then follow the pruned tensor.
+
+Constants. An initializer, a Constant's output or an ``Identity`` of either
+(exporters copy deduplicated tensors that way) is sliced by the pruner. A
+weight read by several nodes couples their channels (tied weights stay tied);
+a bias, BatchNormalization parameter or other per-channel constant read by
+several nodes (equal tensors deduplicated into one) is instead a per-use
+member (:attr:`ChannelSlice.use`): that reader gets its own sliced copy.
+
+Shapes. Dims come from onnx shape inference on a clone (onnx-ir's
+``ShapeInferencePass``, as in :mod:`onnxpq.analysis.macs`), then refined:
+exported transformers build Reshape targets at run time (``Concat`` of
+``Gather(Shape(x), k)`` and constants, the ``Where(Equal(s, -1), 1, s)`` of
+``expand``), which inference gives up on. A small interpreter follows those
+integer tensors (entries are ints or dim symbols), Reshape/Expand/Transpose/
+MatMul/element-wise outputs are recomputed from it, and contraction axes
+(MatMul's K, Gemm's K, Conv's input channels) take their static size from the
+weight. Reshape blocks are aligned left to right, or from the right over the
+static trailing dims when dynamic leading dims (batch, sequence) differ in
+spelling: a row-major reshape acts on a static suffix of equal product on
+its own.
 
 Multi-head attention follows from these rules: the Q/K/V projections' output
 axes are split into heads by the Reshape, tied per head through the
@@ -97,16 +117,16 @@ on the axis (graph shapes never change), a value read inside a subgraph
 Units are the connected components of the element links (a numpy
 union-find); a group's *sections* are its units partitioned by the producer
 weights they hold channels of (Concat inputs are separate sections: each
-producer is pruned by its own ratio). Reads no tensor data except small
-constants (shapes, axes, split sizes); shapes come from onnx shape inference
-on a clone (onnx-ir's ``ShapeInferencePass``, as in :mod:`onnxpq.analysis.macs`).
-Our own code: onnx-ir and onnxscript have no coupling analysis, and
+producer is pruned by its own ratio). Reads no tensor data except constants
+of at most 1,024 elements (shapes, axes, split sizes): weights are never
+materialised. Our own code: onnx-ir and onnxscript have no coupling analysis, and
 Torch-Pruning works on PyTorch modules, not ONNX graphs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -125,6 +145,9 @@ Key = tuple[str, int]
 """A channel axis: (value name, axis)."""
 
 _ONNX_DOMAINS = ("", "ai.onnx")
+
+#: Constants up to this many elements are read by the analysis (shape arithmetic); larger ones never.
+_SMALL_CONSTANT = 1024
 
 #: Member roles, strongest first: a constant read at several places keeps the strongest.
 _ROLE_ORDER = ("producer", "consumer", "bn-scale", "param", "activation")
@@ -148,6 +171,9 @@ class ChannelSlice:
             ``activation`` (a computed tensor: only its shape changes).
         constant: True when the pruner slices the tensor itself (initializer or Constant output).
         nodes: the nodes through which this axis was linked (producer and readers).
+        use: for a constant parameter that several nodes share (equal biases deduplicated into
+            one initializer), the one (node, input index) this member slices — the pruner gives
+            that input its own copy; None when every use of the value is in the group.
     """
 
     value: str
@@ -157,6 +183,7 @@ class ChannelSlice:
     role: str
     constant: bool
     nodes: tuple[str, ...]
+    use: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -352,6 +379,8 @@ class _Builder:
                 if value.name:
                     self.values[value.name] = value
         self.labels = node_labels(self.graph)
+        self.shape_values: dict[str, list[int | str | None]] = {}
+        self._refine_dims()
         self.nx = nx.Graph()
         self.sizes: dict[Key, int] = {}
         self.roles: dict[Key, str] = {}
@@ -365,8 +394,87 @@ class _Builder:
         self.applied: set[tuple[int, tuple[str, int], int]] = set()
         self.queue: deque[Key] = deque()
         self.order: dict[Key, int] = {}
+        self.per_use: dict[Key, tuple[str, int]] = {}  # key -> (node label, input index) of a per-use constant
 
     # ---------------------------------------------------------------- facts
+
+    def _refine_dims(self) -> None:
+        """Fill dims onnx inference left symbolic where the graph fixes them.
+
+        onnx shape inference gives up on a Reshape whose target shape is a Concat
+        of ``Gather(Shape(x), k)`` pieces and constants (attention in exported
+        transformers), and everything after it loses its static dims. One pass in
+        graph order recomputes Reshape (reading the target's pieces), Transpose,
+        MatMul, element-wise and broadcasting ops; a static dim replaces a
+        symbolic or unknown one, never another static dim. Then contraction axes,
+        which must match exactly, give their static size to the other side
+        (a MatMul's A[..., K] from its weight [K, N], a Gemm's, a Conv's input
+        channels), and the forward pass runs once more.
+        """
+        self._refine_forward()
+        self._refine_contractions()
+        self._refine_forward()
+
+    def _set_dim(self, value: ir.Value | None, axis: int, size: int) -> None:
+        if value is None or not value.name or value.const_value is not None:
+            return
+        dims = self.dims_by_name.get(value.name)
+        if dims is None or not -len(dims) <= axis < len(dims) or isinstance(dims[axis], int):
+            return
+        updated = list(dims)
+        updated[axis] = size
+        self.dims_by_name[value.name] = tuple(updated)
+
+    def _refine_contractions(self) -> None:
+        for node in self.graph:
+            if node.domain not in _ONNX_DOMAINS or len(node.inputs) < 2:
+                continue
+            a, w = node.inputs[0], node.inputs[1]
+            a_dims, w_dims = self.dims(a), self.dims(w)
+            if a_dims is None or w_dims is None:
+                continue
+            try:
+                if node.op_type == "MatMul" and len(a_dims) >= 2 and len(w_dims) >= 2:
+                    k_a, k_w = a_dims[-1], w_dims[-2]
+                    if isinstance(k_w, int):
+                        self._set_dim(a, -1, k_w)
+                    if isinstance(k_a, int):
+                        self._set_dim(w, -2, k_a)
+                elif node.op_type == "Gemm" and len(a_dims) == 2 and len(w_dims) == 2:
+                    a_k = 0 if _int_attr(node, "transA", 0) else 1
+                    w_k = 1 if _int_attr(node, "transB", 0) else 0
+                    if isinstance(w_dims[w_k], int):
+                        self._set_dim(a, a_k, w_dims[w_k])  # type: ignore[arg-type]
+                elif node.op_type == "Conv" and len(a_dims) >= 2 and len(w_dims) >= 2 and isinstance(w_dims[1], int):
+                    self._set_dim(a, 1, w_dims[1] * _int_attr(node, "group", 1))
+            except _Unmappable:
+                continue
+
+    def _refine_forward(self) -> None:
+        for node in self.graph:
+            if node.domain not in _ONNX_DOMAINS or not node.outputs or not node.outputs[0].name:
+                continue
+            try:
+                values = _eval_shape_node(self, node)
+            except (_Unmappable, ValueError, IndexError, TypeError, KeyError):
+                values = None
+            if values is not None:
+                self.shape_values[node.outputs[0].name] = values
+            try:
+                computed = _refined_output_dims(self, node)
+            except (_Unmappable, ValueError, IndexError, TypeError, KeyError):
+                computed = None
+            if computed is None:
+                continue
+            out = node.outputs[0]
+            current = self.dims_by_name.get(out.name)
+            if current is None or len(current) != len(computed):
+                if current is None:
+                    self.dims_by_name[out.name] = computed
+                continue
+            self.dims_by_name[out.name] = tuple(
+                c if isinstance(c, int) or n is None else n for c, n in zip(current, computed, strict=True)
+            )
 
     def dims(self, value: ir.Value | None) -> tuple[int | str | None, ...] | None:
         """The value's dims: int (static), str (symbolic) or None (unknown); None when the rank is unknown."""
@@ -386,7 +494,12 @@ class _Builder:
         return None if dims is None else len(dims)
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
-        """A small constant's array (initializer or Constant output), else None."""
+        """A small constant's array (initializer or Constant output), else None.
+
+        Only tensors of at most ``_SMALL_CONSTANT`` elements are read (shapes, axes,
+        sizes, indices): weights are never materialised here.
+        """
+        value = _through_identity(value)
         if value is None:
             return None
         tensor = value.const_value
@@ -401,14 +514,16 @@ class _Builder:
                         attr = producer.attributes.get(name)
                         if attr is not None and not attr.is_ref():
                             return np.asarray(attr.value)
-        if tensor is None:
-            return None
-        if value.is_graph_input():
+        if tensor is None or value.is_graph_input() or math.prod(tensor.shape) > _SMALL_CONSTANT:
             return None
         return np.asarray(tensor.numpy())
 
     def is_constant(self, value: ir.Value | None) -> bool:
-        """True for an initializer that is not a graph input, or a Constant node's output."""
+        """True for an initializer that is not a graph input, a Constant node's output, or an Identity of either.
+
+        (Exporters emit ``Identity(initializer)`` for tensors they deduplicate, e.g. equal biases.)
+        """
+        value = _through_identity(value)
         if value is None or value.is_graph_input():
             return False
         if value.is_initializer() or value.const_value is not None and value.producer() is None:
@@ -495,8 +610,10 @@ class _Builder:
                 self._fail(key, f"'{name}' is a graph output (its shape must not change)")
             if value.is_graph_input():
                 self._fail(key, f"'{name}' is a graph input (its shape must not change)")
+            if key in self.per_use:
+                continue  # a shared constant parameter sliced for one use: its other readers are not coupled
             producer = value.producer()
-            if producer is not None and not (producer.op_type == "Constant" and producer.domain in _ONNX_DOMAINS):
+            if producer is not None and not self.is_constant(value):
                 self._apply(producer, ("out", value.index() or 0), axis, key)
             for usage in value.uses():
                 node = usage.node
@@ -550,6 +667,17 @@ class _Builder:
                 self._fail(touched, f"{_label(node)}: a linked value has no name")
                 continue
             key = (value.name, member.axis)
+            if (
+                member.port[0] == "in"
+                and member.role in ("param", "bn-scale")
+                and self.is_constant(value)
+                and len({(u.node, u.idx) for u in value.uses()}) > 1
+            ):
+                # A bias or BN parameter shared by several nodes (deduplicated equal tensors)
+                # is sliced for this use alone instead of coupling every reader's channels.
+                key = (f"{value.name}@{label}#{member.port[1]}", member.axis)
+                self.values[key[0]] = value
+                self.per_use[key] = (label, member.port[1])
             if not self._add_key(key, len(member.local), node):
                 continue
             self.key_nodes[key][label] = None
@@ -630,7 +758,10 @@ class _Builder:
             for node_name in self.role_nodes.get(key, {}).get("consumer", ()) if role == "consumer" else ():
                 consumer_nodes[node_name] = None
             slices.append(
-                ChannelSlice(key[0], key[1], self.sizes[key], units, role, self.is_constant(value), nodes)
+                ChannelSlice(
+                    value.name if value is not None else key[0],  # type: ignore[arg-type]
+                    key[1], self.sizes[key], units, role, self.is_constant(value), nodes, self.per_use.get(key),
+                )
             )
         unit_count = int(distinct.size)
         reasons = [r for key in keys for r in self.failures.get(key, [])]
@@ -656,6 +787,18 @@ class _Builder:
             updates=tuple(updates),
             nodes=tuple(all_nodes),
         )
+
+
+def _through_identity(value: ir.Value | None) -> ir.Value | None:
+    """The value an Identity chain copies (the value itself when it is not an Identity's output)."""
+    seen = 0
+    while value is not None and seen < 16:
+        producer = value.producer()
+        if producer is None or producer.op_type != "Identity" or producer.domain not in _ONNX_DOMAINS:
+            return value
+        value = producer.inputs[0] if producer.inputs else None
+        seen += 1
+    return value
 
 
 def _block(member: ChannelSlice, unit_count: int) -> int | None:
@@ -812,7 +955,7 @@ def _broadcast(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> 
 
 def _conv(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _Class:
     """Conv: X[N, C_in, ...] * W[C_out, C_in/g, k...] + B[C_out] -> Y[N, C_out, ...]."""
-    x, w = node.inputs[0], node.inputs[1]
+    w = node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     dims = b.dims(w)
     if dims is None or len(dims) < 3 or not isinstance(dims[0], int) or not isinstance(dims[1], int):
@@ -910,7 +1053,7 @@ def _gemm(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _Clas
 
 def _matmul(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _Class:
     """MatMul: Y[..., M, N] = A[..., M, K] · B[..., K, N], batch axes broadcast."""
-    a, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    a, w = node.inputs[0], node.inputs[1]
     ra = _require_rank(b, a, "A")
     rb = _require_rank(b, w, "B")
     if ra < 2 or rb < 2:
@@ -1220,26 +1363,128 @@ def _reshape(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _C
     return _reshape_block(b, node, port, axis, in_dims, out_dims, blocks, update="reshape")
 
 
-def _target_entries(b: _Builder, shape: ir.Value | None) -> list[int | None] | None:
-    """A Reshape's target shape, entry by entry: ints where constant, None where computed at run time.
+def _target_entries(b: _Builder, shape: ir.Value | None) -> list[int | str | None] | None:
+    """A Reshape's or Expand's target shape, entry by entry (see :func:`_shape_value`)."""
+    return _shape_value(b, shape)
 
-    Reads a constant, or a Concat of 1-D pieces of known length (constant pieces give their
-    entries, computed ones None each) — what exporters emit for ``view(batch, seq, heads, -1)``.
+
+_Token = int | str | None
+"""An entry of a small integer tensor: a known int, a dim's symbol (≥ 0), or unknown."""
+
+#: Largest integer tensor the shape-value interpreter follows.
+_SHAPE_VALUE_LIMIT = 16
+
+
+def _shape_value(b: _Builder, value: ir.Value | None) -> list[_Token] | None:
+    """The entries of a small 1-D (or scalar) integer tensor, when the graph fixes them.
+
+    A tiny interpreter for the shape arithmetic exporters emit around Reshape and
+    Expand (``view(batch, seq, heads, -1)``, ``mask.expand(...)``): constants,
+    ``Shape`` (a dim's symbol when it is not static), Gather, Slice, Concat,
+    Unsqueeze/Squeeze/Cast/Identity/Reshape, ConstantOfShape, Add/Sub/Mul/Div,
+    Equal and Where. Entries read off a shape are never negative, which settles
+    the ``Where(Equal(s, -1), 1, s)`` idiom.
     """
-    array = b.const(shape)
-    if array is not None:
-        return [int(v) for v in array.reshape(-1)]
-    producer = shape.producer() if shape is not None else None
-    if producer is None or producer.op_type != "Concat" or producer.domain not in _ONNX_DOMAINS:
+    if value is None:
         return None
-    entries: list[int | None] = []
-    for piece in producer.inputs:
-        dims = b.dims(piece)
-        if dims is None or len(dims) != 1 or not isinstance(dims[0], int):
+    array = b.const(value)
+    if array is not None:
+        if array.dtype.kind not in "iub" or array.size > _SHAPE_VALUE_LIMIT:
             return None
-        piece_array = b.const(piece)
-        entries += [int(v) for v in piece_array.reshape(-1)] if piece_array is not None else [None] * dims[0]
-    return entries
+        return [int(v) for v in array.reshape(-1)]
+    return b.shape_values.get(value.name or "")
+
+
+def _eval_shape_node(b: _Builder, node: ir.Node) -> list[_Token] | None:
+    """The value of ``node``'s first output under :func:`_shape_value`'s rules, or None."""
+    op = node.op_type
+    if op not in _SHAPE_VALUE_OPS:
+        return None
+    args = [_shape_value(b, v) for v in node.inputs]
+    if op == "Shape":
+        dims = b.dims(node.inputs[0])
+        if dims is None:
+            return None
+        return list(dims[slice(_int_attr(node, "start", 0), _int_attr(node, "end", len(dims)))])
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Flatten"):
+        return args[0] if args and args[0] is not None and len(args[0]) <= _SHAPE_VALUE_LIMIT else None
+    if op == "Concat":
+        if any(a is None for a in args):
+            return None
+        return [t for a in args for t in a]  # type: ignore[union-attr]
+    if op == "Gather":
+        if _int_attr(node, "axis", 0) != 0 or args[0] is None or args[1] is None:
+            return None
+        data, indices = args[0], args[1]
+        if not all(isinstance(i, int) for i in indices):
+            return None
+        return [data[int(i)] for i in indices]  # type: ignore[arg-type]
+    if op == "Slice":
+        if args[0] is None or len(args) < 3 or args[1] is None or args[2] is None:
+            return None
+        bounds = [*args[1], *args[2], *(args[3] or [0] if len(args) > 3 else [0]), *(args[4] or [1] if len(args) > 4 else [1])]
+        if len(args[1]) != 1 or not all(isinstance(t, int) for t in bounds):
+            return None
+        step = bounds[3] if len(bounds) > 3 else 1
+        return args[0][slice(bounds[0], bounds[1], step)]  # type: ignore[arg-type, misc]
+    if op == "ConstantOfShape":
+        if args[0] is None or not all(isinstance(t, int) for t in args[0]) or len(args[0]) != 1:
+            return None
+        attr = node.attributes.get("value")
+        fill_array = np.asarray(attr.value.numpy()).reshape(-1) if attr is not None else np.zeros(1, np.float32)
+        if fill_array.dtype.kind not in "iu":
+            return None
+        fill = int(fill_array[0])
+        return [fill] * int(args[0][0])  # type: ignore[arg-type]
+    if op in ("Add", "Sub", "Mul", "Div", "Equal") and len(args) == 2 and args[0] is not None and args[1] is not None:
+        left, right = args[0], args[1]
+        if len(left) != len(right) and 1 not in (len(left), len(right)):
+            return None
+        size = max(len(left), len(right))
+        left = left * size if len(left) == 1 else left
+        right = right * size if len(right) == 1 else right
+        return [_arith(op, x, y) for x, y in zip(left, right, strict=True)]
+    if op == "Where" and len(args) == 3 and all(a is not None for a in args):
+        size = max(len(a) for a in args)  # type: ignore[arg-type]
+        if any(len(a) not in (1, size) for a in args):  # type: ignore[arg-type]
+            return None
+        cond, x, y = (a * size if len(a) == 1 else a for a in args)  # type: ignore[operator]
+        return [
+            xi if c == 1 else yi if c == 0 else xi if xi == yi and xi is not None else None
+            for c, xi, yi in zip(cond, x, y, strict=True)
+        ]
+    return None
+
+
+_SHAPE_VALUE_OPS = frozenset(
+    ("Shape", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Flatten", "Concat", "Gather", "Slice",
+     "ConstantOfShape", "Add", "Sub", "Mul", "Div", "Equal", "Where")
+)
+
+
+def _arith(op: str, x: _Token, y: _Token) -> _Token:
+    if isinstance(x, int) and isinstance(y, int):
+        if op == "Add":
+            return x + y
+        if op == "Sub":
+            return x - y
+        if op == "Mul":
+            return x * y
+        if op == "Div":
+            return x // y if y else None
+        return int(x == y)
+    if op == "Mul" and (x == 1 or y == 1):
+        return y if x == 1 else x
+    if op == "Div" and y == 1:
+        return x
+    if op in ("Add", "Sub") and y == 0:
+        return x
+    if op == "Equal":
+        if isinstance(x, str) and isinstance(y, int) and y < 0 or isinstance(y, str) and isinstance(x, int) and x < 0:
+            return 0  # a dim is never negative
+        if isinstance(x, str) and x == y:
+            return 1
+    return None
 
 
 def _merge_dims(
@@ -1249,7 +1494,7 @@ def _merge_dims(
     if inferred is None or computed is None or len(inferred) != len(computed):
         return inferred if inferred is not None else computed
     merged: list[int | str | None] = []
-    for a, c in zip(inferred, computed):
+    for a, c in zip(inferred, computed, strict=True):
         if isinstance(a, int) and isinstance(c, int) and a != c:
             raise _Unmappable(f"its output dims {list(inferred)} contradict its target shape {list(computed)}")
         merged.append(a if isinstance(a, int) else c if isinstance(c, int) else a if a is not None else c)
@@ -1332,6 +1577,57 @@ def _reshape_block(
         source = _shape_entry(b, node, out_axis, identity=(len(ins_i) == 1 and len(outs_i) == 1 and i0 == j0))
         cls.update = ("reshape", {"position": out_axis, "source": source}, [(("out", 0), out_axis)])
     return cls
+
+
+def _refined_output_dims(b: _Builder, node: ir.Node) -> tuple[int | str | None, ...] | None:
+    """Output dims of the ops :meth:`_Builder._refine_dims` recomputes, else None."""
+    op = node.op_type
+    inputs = [b.dims(v) if v is not None else None for v in node.inputs]
+    if not inputs or inputs[0] is None:
+        return None
+    first = inputs[0]
+    if op == "Reshape":
+        dims = _reshape_dims(b, node, first)
+        return None if dims is None or -1 in dims else dims
+    if op == "Transpose":
+        perm = _ints_attr(node, "perm") or list(reversed(range(len(first))))
+        return tuple(first[p] for p in perm)
+    if op in _UNARY or op in ("Softmax", "LogSoftmax"):
+        return first
+    if op in _BROADCAST:
+        if any(d is None for d in inputs):
+            return None
+        rank = max(len(d) for d in inputs)  # type: ignore[arg-type]
+        padded = [(1,) * (rank - len(d)) + tuple(d) for d in inputs]  # type: ignore[arg-type]
+        return tuple(_broadcast_dim([d[i] for d in padded]) for i in range(rank))
+    if op == "Expand" and len(node.inputs) == 2:
+        target = _target_entries(b, node.inputs[1])
+        if target is None:
+            return None
+        rank = max(len(first), len(target))
+        padded_in = (1,) * (rank - len(first)) + tuple(first)
+        padded_target = (1,) * (rank - len(target)) + tuple(target)
+        return tuple(_broadcast_dim([x, y]) for x, y in zip(padded_in, padded_target, strict=True))
+    if op == "MatMul" and len(inputs) == 2 and inputs[1] is not None and len(first) >= 2 and len(inputs[1]) >= 2:
+        a, w = first, inputs[1]
+        rank = max(len(a), len(w))
+        batch_a = (1,) * (rank - len(a)) + tuple(a[:-2])
+        batch_b = (1,) * (rank - len(w)) + tuple(w[:-2])
+        batch = tuple(_broadcast_dim([x, y]) for x, y in zip(batch_a, batch_b, strict=True))
+        return (*batch, a[-2], w[-1])
+    return None
+
+
+def _broadcast_dim(dims: list[int | str | None]) -> int | str | None:
+    static = {d for d in dims if isinstance(d, int) and d != 1}
+    if len(static) == 1:
+        return static.pop()
+    if static:
+        raise ValueError("dims do not broadcast")
+    symbols = {d for d in dims if not isinstance(d, int)}
+    if not symbols:
+        return 1
+    return symbols.pop() if len(symbols) == 1 and None not in symbols else None
 
 
 def _align(
@@ -1490,13 +1786,23 @@ def _shape_op(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _
     out = node.outputs[0]
     if out.is_graph_output():
         raise _Unmappable("its output is a graph output")
+    length = end - start
     for usage in out.uses():
         reader = usage.node
-        if reader.op_type == "Gather" and usage.idx == 0 and _int_attr(reader, "axis", 0) == 0:
+        if usage.idx == 0 and reader.op_type == "Gather" and _int_attr(reader, "axis", 0) == 0:
             indices = b.const(reader.inputs[1])
-            if indices is not None:
-                wanted = {int(v) % (end - start) for v in indices.reshape(-1)}
-                if index not in wanted:
+            if indices is not None and index not in {int(v) % length for v in indices.reshape(-1)}:
+                continue
+        if usage.idx == 0 and reader.op_type == "Slice" and len(reader.inputs) >= 3:
+            bounds = [b.const(v) if v is not None else None for v in reader.inputs[1:5]]
+            bounds += [None] * (4 - len(bounds))
+            if bounds[0] is not None and bounds[1] is not None and all(
+                v is None or v.size == 1 for v in bounds
+            ) and (bounds[3] is None or int(bounds[3].reshape(-1)[0]) == 1):
+                lo, hi = int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0])
+                lo = min(max(lo + length if lo < 0 else lo, 0), length)
+                hi = min(max(hi + length if hi < 0 else hi, 0), length)
+                if not lo <= index < hi:
                     continue
         raise _Unmappable(f"the size of the channel axis is read by {_label(reader)}")
     return alone
@@ -1556,18 +1862,18 @@ def _resize(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _Cl
 def _expand(b: _Builder, node: ir.Node, port: tuple[str, int], axis: int) -> _Class:
     if port not in (("in", 0), ("out", 0)):
         raise _Unmappable("the channel axis reaches the shape input")
-    shape = b.const(node.inputs[1])
+    shape = _target_entries(b, node.inputs[1])
     if shape is None:
         raise _Unmappable("its shape is computed at run time")
     rank_in = _require_rank(b, node.inputs[0], "its input")
-    rank_out = max(rank_in, shape.size)
+    rank_out = max(rank_in, len(shape))
     out_axis = axis + rank_out - rank_in if port[0] == "in" else axis
     in_axis = out_axis - (rank_out - rank_in)
-    shape_axis = out_axis - (rank_out - shape.size)
+    shape_axis = out_axis - (rank_out - len(shape))
     if in_axis < 0:
         raise _Unmappable("the channel axis is created by the expansion")
-    if shape_axis >= 0 and int(shape.reshape(-1)[shape_axis]) != 1:
-        raise _Unmappable(f"its shape has {int(shape.reshape(-1)[shape_axis])} on the channel axis, not 1")
+    if shape_axis >= 0 and shape[shape_axis] != 1:
+        raise _Unmappable(f"its shape has {shape[shape_axis]} on the channel axis, not 1")
     size = b.sizes[(b.port_value(node, port).name, axis)]  # type: ignore[union-attr]
     return _Class([_Member(("in", 0), in_axis, _ident(size)), _Member(("out", 0), out_axis, _ident(size))], size)
 

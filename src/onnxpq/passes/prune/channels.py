@@ -37,18 +37,36 @@ analysis refuses groups that reach them).
 
 Reconstruction (``reconstruct``: ``on``; ``auto`` = on when the context has
 calibration data) refits every layer whose input channels were removed — Conv
-(group 1, im2col), Gemm and MatMul with a constant weight — by ridge least
-squares against the unpruned model's outputs; see
-:mod:`onnxpq.passes.prune.reconstruction` for the math. The statistics of
-every such layer are collected from the original model in one streamed run
-(per chunk of layers) before any edit; the refit is kept only when it lowers
-the layer's output error. Layers left out: a ConvTranspose, a grouped Conv,
-a weight shared by several nodes (tying is kept).
+(group 1, any kernel, by im2col), Gemm and MatMul with a constant weight — by
+ridge least squares against the unpruned model's outputs, with the ridge
+strength chosen by two-fold cross-validation unless ``damping`` fixes it; see
+:mod:`onnxpq.passes.prune.reconstruction` for the math. A refit is kept only
+when it lowers the layer's held-out output error. ``reconstruct_inputs``:
 
-Notes: per pruned group its producers, channels before and after, the units
-removed, the importance used and, per refitted layer, the relative output
-error ``||Y − Ŷ||² / ||Y||²`` before and after reconstruction; unprunable and
-excluded groups with their reasons.
+* ``original`` (He et al.; ThiNet): the layer's inputs X come from the
+  *unpruned* model, restricted to the kept channels; every layer's statistics
+  are collected in one streamed run (per chunk of layers) before any edit.
+* ``pruned``: layers are refitted in dependency order, each with X from the
+  pruned model as refitted so far (one run per level of layers, the pruned and
+  the original model side by side), so a layer also corrects the error its
+  inputs already carry; slower (a run per level), a little better on deep nets.
+
+Layers left out of reconstruction: ConvTranspose, grouped Conv, a weight or
+bias that is not an initializer, a weight shared by several nodes (tying is
+kept), more than 8192 input features. Bias: a Conv or Gemm gets (or updates)
+its own; a MatMul followed by an Add of a constant vector updates that vector.
+
+Notes (``PassContext.note``): ``pruned_groups`` — per group its producers,
+channels before and after, units removed, block, the importance used and, per
+refitted layer, the relative output error ``||Y − Ŷ||² / ||Y||²`` before and
+after on the calibration rows and held out, the chosen damping and whether the
+refit was applied; ``unprunable_groups`` and ``excluded_groups`` with their
+reasons; totals ``channels_before`` / ``channels_after``.
+
+Our own code: onnxruntime and onnx-ir have no structured pruning; Torch-Pruning
+and NNI work on PyTorch modules. Sessions and batching reuse
+:mod:`onnxpq.passes.quantize.calibration`'s runner (initializers handed over
+without copies, only the needed nodes kept).
 """
 
 from __future__ import annotations
@@ -76,6 +94,7 @@ logger = logging.getLogger(__name__)
 Importance = Literal["l1", "l2", "bn-scale", "activation"]
 Scope = Literal["layer", "global"]
 Reconstruct = Literal["auto", "on", "off"]
+ReconstructInputs = Literal["original", "pruned"]
 
 #: Samples fed to onnxruntime at once (when the model's batch axis is free).
 _BATCH_SIZE = 16
@@ -93,14 +112,39 @@ _ONNX_DOMAINS = ("", "ai.onnx")
 
 
 def _constant_array(value: ir.Value) -> np.ndarray:
-    """The array of an initializer or of a Constant node's output."""
-    tensor = value.const_value
-    if tensor is None:
+    """The array of an initializer or of a Constant node's output (``value`` or ``value_int(s)/float(s)``),
+    also through Identity nodes (exporters copy deduplicated tensors with them)."""
+    while value.const_value is None and value.producer() is not None and value.producer().op_type == "Identity":  # type: ignore[union-attr]
+        value = value.producer().inputs[0]  # type: ignore[union-attr, assignment]
+    if value.const_value is not None:
+        return np.asarray(value.const_value.numpy())
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        if "value" in producer.attributes:
+            return np.asarray(producer.attributes["value"].value.numpy())
+        for name in ("value_int", "value_ints", "value_float", "value_floats"):
+            if name in producer.attributes:
+                return np.asarray(producer.attributes[name].value, dtype=np.int64 if "int" in name else np.float32)
+    raise PipelineError(f"prune-channels: '{value.name}' is not a constant")
+
+
+def _const_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of a constant (initializer, Constant output, through Identity nodes) without reading it; else None."""
+    for _ in range(16):
+        if value is None or value.is_graph_input():
+            return None
+        if value.const_value is not None:
+            return tuple(int(d) for d in value.const_value.shape)
         producer = value.producer()
-        if producer is None or producer.op_type != "Constant":
-            raise PipelineError(f"prune-channels: '{value.name}' is not a constant")
-        tensor = producer.attributes["value"].value
-    return np.asarray(tensor.numpy())
+        if producer is None:
+            return None
+        if producer.op_type == "Constant":
+            attr = producer.attributes.get("value")
+            return tuple(int(d) for d in attr.value.shape) if attr is not None else tuple(_constant_array(value).shape)
+        if producer.op_type != "Identity":
+            return None
+        value = producer.inputs[0]
+    return None
 
 
 class _Names:
@@ -115,7 +159,6 @@ class _Names:
                 self.used.update(v.name for v in node.outputs if v.name)
                 if node.name:
                     self.used.add(node.name)
-
         self.shared: dict[tuple[str, str, tuple[int, ...], bytes], ir.Value] = {}
 
     def __call__(self, base: str) -> str:
@@ -146,14 +189,21 @@ def _new_initializer(graph: ir.Graph, names: _Names, base: str, array: np.ndarra
 
 
 def _remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
+    """Drop an initializer, Constant or Identity-of-a-constant that nothing reads any more."""
     if value.uses() or value.is_graph_output() or value.is_graph_input():
         return
     if value.is_initializer() and graph.initializers.get(value.name or "") is value:
         del graph.initializers[value.name]
         return
     producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and not any(o.uses() for o in producer.outputs):
+    if producer is None or producer.graph is not graph or any(o.uses() or o.is_graph_output() for o in producer.outputs):
+        return
+    if producer.op_type == "Constant":
         graph.remove(producer, safe=True)
+    elif producer.op_type == "Identity" and producer.inputs and producer.inputs[0] is not None:
+        source = producer.inputs[0]
+        graph.remove(producer, safe=True)
+        _remove_if_unused(graph, source)
 
 
 def _int_attr(node: ir.Node, name: str, default: int) -> int:
@@ -206,6 +256,7 @@ class _SectionPlan:
     ratio: float
     overridden: bool
     block: int
+    group_mean: float  # mean finite importance of the whole group (global scope divides by it)
     removed: list[int] = field(default_factory=list)
 
     @property
@@ -227,6 +278,7 @@ class _Job:
     intercept: str | None  # "bias" | "add" | None
     add_node: ir.Node | None = None
     stats: LayerStatistics | None = None
+    samples: int = 0  # samples accumulated so far (they alternate between the two folds)
     conv: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -247,21 +299,23 @@ class PruneChannelsPass(OnnxpqPass):
         per_node: tuple[str, ...] = (),
         multiple: int | None = None,
         reconstruct: Reconstruct = "auto",
+        reconstruct_inputs: ReconstructInputs = "original",
         min_channels: int = 1,
         exclude_nodes: tuple[str, ...] = (),
-        damping: float = 1e-3,
+        damping: float | None = None,
     ) -> None:
         if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
             raise PipelineError(f"prune-channels: ratio must be in [0, 1), got {ratio}")
         _check_choice("importance", importance, Importance)
         _check_choice("scope", scope, Scope)
         _check_choice("reconstruct", reconstruct, Reconstruct)
+        _check_choice("reconstruct_inputs", reconstruct_inputs, ReconstructInputs)
         if multiple is not None and (not isinstance(multiple, int) or multiple < 1):
             raise PipelineError(f"prune-channels: multiple must be a positive integer or none, got {multiple}")
         if not isinstance(min_channels, int) or min_channels < 1:
             raise PipelineError(f"prune-channels: min_channels must be a positive integer, got {min_channels}")
-        if not isinstance(damping, (int, float)) or not 0.0 < damping < 1.0:
-            raise PipelineError(f"prune-channels: damping must be in (0, 1), got {damping}")
+        if damping is not None and (not isinstance(damping, (int, float)) or not damping > 0.0):
+            raise PipelineError(f"prune-channels: damping must be a positive number or none, got {damping}")
         _parse_per_node(tuple(per_node))
         self.ratio = float(ratio)
         self.importance = importance
@@ -269,9 +323,10 @@ class PruneChannelsPass(OnnxpqPass):
         self.per_node = tuple(per_node)
         self.multiple = multiple
         self.reconstruct = reconstruct
+        self.reconstruct_inputs = reconstruct_inputs
         self.min_channels = min_channels
         self.exclude_nodes = tuple(exclude_nodes)
-        self.damping = float(damping)
+        self.damping = None if damping is None else float(damping)
 
     # ---------------------------------------------------------------- driver
 
@@ -303,7 +358,8 @@ class PruneChannelsPass(OnnxpqPass):
         for group in analysis.prunable:
             hit = sorted(set(group.nodes) & set(self.exclude_nodes))
             if hit:
-                excluded.append({"group": group.index, "producers": list(group.producers), "reason": f"touches excluded node(s) {', '.join(hit)}"})
+                reason = f"touches excluded node(s) {', '.join(hit)}"
+                excluded.append({"group": group.index, "producers": list(group.producers), "reason": reason})
                 logger.debug("prune-channels: group %d left whole: touches excluded %s", group.index, hit)
                 continue
             if group.units < 2:
@@ -333,14 +389,22 @@ class PruneChannelsPass(OnnxpqPass):
             return ir.passes.PassResult(model, False)
 
         keep = self._keep_masks(candidates, removed)
-        jobs, skipped = self._jobs(model, candidates, removed, keep, labels) if reconstruct else ([], {})
-        if jobs:
+        jobs, skipped = self._jobs(candidates, removed, keep, labels) if reconstruct else ([], {})
+        sequential = bool(jobs) and self.reconstruct_inputs == "pruned"
+        original = model.clone() if sequential else None
+        if jobs and not sequential:
             self._collect(model, jobs, data)  # type: ignore[arg-type]
         names = _Names(model)
-        self._slice(model, candidates, removed, keep, names)
+        self._slice(model, candidates, removed, keep, nodes, names)
         self._apply_updates(model, candidates, keep, nodes, names)
-        for job in jobs:
-            self._refit(model, job, names)
+        if sequential:
+            for level in _levels(model, jobs):
+                self._collect_sequential(model, original, level, data)  # type: ignore[arg-type]
+                for job in level:
+                    self._refit(model, job, names)
+        else:
+            for job in jobs:
+                self._refit(model, job, names)
 
         records = []
         jobs_by_node = {job.label: job for job in jobs}
@@ -437,6 +501,8 @@ class PruneChannelsPass(OnnxpqPass):
         plans = []
         for group in groups:
             producer_nodes = {m.value: m.nodes for m in group.members if m.role == "producer"}
+            finite = scores[group.index][np.isfinite(scores[group.index])]
+            group_mean = float(finite.mean()) if finite.size else 0.0
             for section in group.sections:
                 nodes = tuple(dict.fromkeys(n for w in section.producers for n in producer_nodes.get(w, ())))
                 ratios = [overrides[n] for n in nodes if n in overrides]
@@ -448,7 +514,9 @@ class PruneChannelsPass(OnnxpqPass):
                 else:
                     unit_multiple = 1
                     if multiple > 1:
-                        logger.debug("prune-channels: group %d: units of unequal size; multiple=%d not enforced", group.index, multiple)
+                        logger.debug(
+                            "prune-channels: group %d: units of unequal size; multiple=%d not enforced", group.index, multiple
+                        )
                 smallest_block = min((b for b in blocks if b), default=1)
                 plans.append(
                     _SectionPlan(
@@ -461,6 +529,7 @@ class PruneChannelsPass(OnnxpqPass):
                         ratio=min(ratios) if ratios else self.ratio,
                         overridden=bool(ratios),
                         block=smallest_block,
+                        group_mean=group_mean,
                     )
                 )
         return plans
@@ -491,9 +560,7 @@ class PruneChannelsPass(OnnxpqPass):
         total_channels = 0.0
         for index, section in enumerate(pooled):
             scores = section.scores
-            finite = scores[np.isfinite(scores)]
-            mean = float(finite.mean()) if finite.size else 1.0
-            normalised = scores / mean if mean > 0 else scores
+            normalised = scores / section.group_mean if section.group_mean > 0 else scores
             block = section.block
             total_channels += section.size * block
             for unit in range(section.size):
@@ -503,7 +570,7 @@ class PruneChannelsPass(OnnxpqPass):
         budget = self.ratio * total_channels
         removed: dict[int, list[int]] = {i: [] for i in range(len(pooled))}
         spent = 0.0
-        for score, index, unit, block in items:
+        for _, index, unit, block in items:
             if spent + block > budget + 1e-9:
                 continue
             section = pooled[index]
@@ -536,7 +603,8 @@ class PruneChannelsPass(OnnxpqPass):
                         best = max(candidates.tolist(), key=lambda u: (scores[group.index][u], -u))
                         gone.discard(best)
                         logger.debug(
-                            "prune-channels: group %d: unit %d kept so that '%s' keeps an element", group.index, best, member.value
+                            "prune-channels: group %d: unit %d kept so that '%s' keeps an element",
+                            group.index, best, member.value,
                         )
                         changed = True
             result[group.index] = np.asarray(sorted(gone), dtype=np.int64)
@@ -563,11 +631,13 @@ class PruneChannelsPass(OnnxpqPass):
         groups: list[ChannelGroup],
         removed: dict[int, np.ndarray],
         keep: dict[Key, np.ndarray],
+        nodes: dict[str, ir.Node],
         names: _Names,
     ) -> None:
+        """New sliced initializers for member constants (all uses, or the member's one use); new activation shapes."""
         graph = model.graph
         values = _main_values(model)
-        constants: dict[str, dict[int, np.ndarray]] = {}
+        constants: dict[tuple[str, tuple[str, int] | None], dict[int, np.ndarray]] = {}
         for group in groups:
             if not removed[group.index].size:
                 continue
@@ -576,20 +646,23 @@ class PruneChannelsPass(OnnxpqPass):
                 if mask is None:
                     continue
                 if member.constant:
-                    constants.setdefault(member.value, {})[member.axis] = mask
+                    constants.setdefault((member.value, member.use), {})[member.axis] = mask
                     continue
                 value = values[member.value]
                 if value.shape is not None and member.axis < len(value.shape):
                     dims = list(value.shape)
                     dims[member.axis] = int(mask.sum())
                     value.shape = ir.Shape(dims)
-        for name, masks in constants.items():
+        for (name, use), masks in constants.items():
             old = values[name]
             array = _constant_array(old)
             for axis, mask in sorted(masks.items()):
                 array = np.compress(mask, array, axis=axis)
             new = _new_initializer(graph, names, f"{name}_pruned", array)
-            old.replace_all_uses_with(new)
+            if use is None:
+                old.replace_all_uses_with(new)
+            else:
+                nodes[use[0]].replace_input_with(use[1], new)
             _remove_if_unused(graph, old)
 
     def _apply_updates(
@@ -618,8 +691,14 @@ class PruneChannelsPass(OnnxpqPass):
                     self._update_split(graph, node, [_kept(keep, key, sizes) for key in update.keys[1:]], opset, names)
                 elif update.kind == "slice":
                     self._update_slice(graph, node, update, keep, opset, names)
+        pieces: dict[tuple[int, frozenset[tuple[int, int, int]]], list[ir.Node]] = {}
         for label, entries in reshapes.items():
-            self._update_reshape(graph, nodes[label], entries, nodes, names)
+            node = nodes[label]
+            changes = self._update_reshape_constant(graph, node, entries, names)
+            if changes:
+                pieces.setdefault((id(node.inputs[1]), frozenset(changes)), []).append(node)
+        for (_, changes), readers in pieces.items():
+            self._update_reshape_pieces(graph, readers, dict(((i, o), n) for i, o, n in changes), names)
 
     @staticmethod
     def _update_split(graph: ir.Graph, node: ir.Node, sizes: list[int], opset: int, names: _Names) -> None:
@@ -639,9 +718,9 @@ class PruneChannelsPass(OnnxpqPass):
     def _update_slice(
         graph: ir.Graph, node: ir.Node, update: NodeUpdate, keep: dict[Key, np.ndarray], opset: int, names: _Names
     ) -> None:
-        in_key = update.keys[0]
+        """New starts/ends: the kept input elements before the old start, and those inside the old range."""
         start, end, position = int(update.data["start"]), int(update.data["end"]), int(update.data["position"])
-        mask = keep.get(in_key)
+        mask = keep.get(update.keys[0])
         if mask is None:
             return
         new_start = int(mask[:start].sum())
@@ -661,22 +740,18 @@ class PruneChannelsPass(OnnxpqPass):
             _remove_if_unused(graph, old)  # type: ignore[arg-type]
 
     @staticmethod
-    def _update_reshape(
-        graph: ir.Graph,
-        node: ir.Node,
-        entries: list[tuple[NodeUpdate, int]],
-        nodes: dict[str, ir.Node],
-        names: _Names,
-    ) -> None:
+    def _update_reshape_constant(
+        graph: ir.Graph, node: ir.Node, entries: list[tuple[NodeUpdate, int]], names: _Names
+    ) -> set[tuple[int, int, int]]:
+        """Rewrite a constant target shape; return the (Concat input, offset, size) changes of a computed one."""
         const_changes: dict[int, int] = {}
-        piece_changes: dict[tuple[str, int], dict[int, int]] = {}
+        piece_changes: set[tuple[int, int, int]] = set()
         for update, size in entries:
             source = update.data["source"]
-            position = int(update.data["position"])
             if source[0] == "const":
-                const_changes[position] = size
+                const_changes[int(update.data["position"])] = size
             elif source[0] == "piece":
-                piece_changes.setdefault((source[1], int(source[2])), {})[int(source[3])] = size
+                piece_changes.add((int(source[2]), int(source[3]), size))
         shape = node.inputs[1]
         if const_changes:
             array = _constant_array(shape).astype(np.int64).reshape(-1).copy()  # type: ignore[arg-type]
@@ -685,12 +760,18 @@ class PruneChannelsPass(OnnxpqPass):
             value = _shared_constant(graph, names, f"{shape.name or 'shape'}_pruned", array)  # type: ignore[union-attr]
             node.replace_input_with(1, value)
             _remove_if_unused(graph, shape)  # type: ignore[arg-type]
-            return
-        if not piece_changes:
-            return
+        return piece_changes
+
+    @staticmethod
+    def _update_reshape_pieces(
+        graph: ir.Graph, readers: list[ir.Node], changes: dict[tuple[int, int], int], names: _Names
+    ) -> None:
+        """Rewrite constant pieces of a Concat target shape: in place when only ``readers`` read it, else in one copy."""
+        shape = readers[0].inputs[1]
         concat = shape.producer()  # type: ignore[union-attr]
-        assert concat is not None  # the analysis checked the pieces come from a Concat
-        if len(shape.uses()) > 1 or shape.is_graph_output():  # type: ignore[union-attr]
+        assert concat is not None  # the analysis checked that the entry is a constant piece of a Concat
+        others = [u for u in shape.uses() if u.node not in readers]  # type: ignore[union-attr]
+        if others or shape.is_graph_output():  # type: ignore[union-attr]
             copy = ir.Node(
                 concat.domain, "Concat", inputs=list(concat.inputs), attributes=list(concat.attributes.values()),
                 name=names(f"{concat.name or 'shape'}_pruned"), num_outputs=1,
@@ -698,28 +779,30 @@ class PruneChannelsPass(OnnxpqPass):
             copy.outputs[0].name = names(f"{shape.name or 'shape'}_pruned")  # type: ignore[union-attr]
             copy.outputs[0].type = shape.type  # type: ignore[union-attr]
             copy.outputs[0].shape = shape.shape  # type: ignore[union-attr]
-            graph.insert_before(node, copy)
-            node.replace_input_with(1, copy.outputs[0])
+            graph.insert_after(concat, copy)
+            for reader in readers:
+                reader.replace_input_with(1, copy.outputs[0])
             concat = copy
-        for (_label, index), changes in piece_changes.items():
+        for index in sorted({i for i, _ in changes}):
             piece = concat.inputs[index]
             array = _constant_array(piece).astype(np.int64).reshape(-1).copy()  # type: ignore[arg-type]
-            for offset, size in changes.items():
-                array[offset] = size
+            for (i, offset), size in changes.items():
+                if i == index:
+                    array[offset] = size
             value = _shared_constant(graph, names, f"{piece.name or 'shape'}_pruned", array)  # type: ignore[union-attr]
             concat.replace_input_with(index, value)
             _remove_if_unused(graph, piece)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- reconstruction
 
+    @staticmethod
     def _jobs(
-        self,
-        model: ir.Model,
         groups: list[ChannelGroup],
         removed: dict[int, np.ndarray],
         keep: dict[Key, np.ndarray],
         labels: dict[ir.Node, str],
     ) -> tuple[list[_Job], dict[str, str]]:
+        """Reconstruction jobs of the consumers whose input channels go; the others with the reason."""
         nodes = {label: node for node, label in labels.items()}
         jobs: list[_Job] = []
         skipped: dict[str, str] = {}
@@ -765,6 +848,34 @@ class PruneChannelsPass(OnnxpqPass):
                     _accumulate(job, arrays[job.x.name], arrays[job.y.name])
             del runner
 
+    def _collect_sequential(
+        self, model: ir.Model, original: ir.Model, jobs: list[_Job], data: Mapping[str, np.ndarray]
+    ) -> None:
+        """G, C and e of independent layers: inputs from the pruned model as refitted so far, outputs from the original.
+
+        Both models run over the same batches side by side (one onnxruntime
+        session each, only the nodes the requested tensors need).
+        """
+        from onnxpq.passes.quantize.calibration import _BatchPlan, _folder_of_serialised_external_tensors, _Runner
+
+        targets = _main_values(original)
+        for start in range(0, len(jobs), _TENSORS_PER_RUN // 2):
+            chunk = jobs[start : start + _TENSORS_PER_RUN // 2]
+            inputs = list({id(j.x): j.x for j in chunk}.values())
+            outputs = list({j.y.name: targets[j.y.name] for j in chunk}.values())
+            pruned_runner = _Runner.build(model, inputs, _folder_of_serialised_external_tensors(model))
+            original_runner = _Runner.build(original, outputs, _folder_of_serialised_external_tensors(original))
+            plan = _BatchPlan.build(pruned_runner.session, data, _BATCH_SIZE)
+            x_names, y_names = [v.name for v in inputs], [v.name for v in outputs]
+            batches = zip(
+                pruned_runner.run(plan, data, x_names), original_runner.run(plan, data, y_names), strict=True  # type: ignore[arg-type]
+            )
+            for x_batch, y_batch in batches:
+                xs, ys = dict(zip(x_names, x_batch, strict=True)), dict(zip(y_names, y_batch, strict=True))
+                for job in chunk:
+                    _accumulate(job, xs[job.x.name], ys[job.y.name], inputs_pruned=True)
+            del pruned_runner, original_runner
+
     def _refit(self, model: ir.Model, job: _Job, names: _Names) -> None:
         graph = model.graph
         stats = job.stats
@@ -776,13 +887,17 @@ class PruneChannelsPass(OnnxpqPass):
         job.result = {
             "node": job.label,
             "error_before": float(result.error_before),
-            "error_after": float(min(result.error_after, result.error_before)),
-            "refit_error": float(result.error_after),
+            "error_after": float(result.error_after if result.improved else result.error_before),
+            "heldout_error_before": result.heldout_before,
+            "heldout_error_after": result.heldout_after if result.improved else result.heldout_before,
+            "damping": result.damping,
+            "rows": stats.rows,
             "applied": bool(result.improved),
         }
         logger.debug(
-            "prune-channels: '%s' relative output error %.3g -> %.3g (%s)",
-            job.label, result.error_before, result.error_after, "kept" if result.improved else "refit discarded",
+            "prune-channels: '%s' relative output error %.3g -> %.3g (held out %s -> %s, damping %g): %s",
+            job.label, result.error_before, result.error_after, result.heldout_before, result.heldout_after,
+            result.damping, "kept" if result.improved else "refit discarded",
         )
         if result.improved:
             _write_matrix(graph, job, result.weights, names)
@@ -866,15 +981,13 @@ def _job_for(node: ir.Node, label: str, keep: dict[Key, np.ndarray]) -> tuple[_J
     y = node.outputs[0]
     if x is None or w is None or not w.name or len(w.uses()) != 1:
         return None, "its weight is shared by several nodes"
-    if x.const_value is not None:
+    if _const_shape(x) is not None:
         return None, "its input is a constant"
-    if w.const_value is None or w.is_graph_input():
-        return None, "its weight is not an initializer"
-    if op == "Conv" and len(node.inputs) > 2 and node.inputs[2] is not None:
-        bias = node.inputs[2]
-        if bias.const_value is None or bias.is_graph_input():
-            return None, "its bias is not an initializer"
-    shape = _constant_array(w).shape
+    shape = _const_shape(w)
+    if shape is None:
+        return None, "its weight is not a constant"
+    if op == "Conv" and len(node.inputs) > 2 and node.inputs[2] is not None and _const_shape(node.inputs[2]) is None:
+        return None, "its bias is not a constant"
     if op == "Conv":
         if _int_attr(node, "group", 1) != 1:
             return None, "grouped Conv"
@@ -899,9 +1012,10 @@ def _job_for(node: ir.Node, label: str, keep: dict[Key, np.ndarray]) -> tuple[_J
         if _float_attr(node, "beta", 1.0) == 0.0:
             intercept = None
         elif c is not None:
-            if c.const_value is None or c.is_graph_input():
-                return None, "its C input is not an initializer"
-            if len(c.const_value.shape) == 2 and c.const_value.shape[0] != 1:
+            c_shape = _const_shape(c)
+            if c_shape is None:
+                return None, "its C input is not a constant"
+            if len(c_shape) == 2 and c_shape[0] != 1:
                 return None, "its C input has a row axis"
     elif op == "MatMul":
         intercept = None
@@ -909,25 +1023,53 @@ def _job_for(node: ir.Node, label: str, keep: dict[Key, np.ndarray]) -> tuple[_J
         if len(uses) == 1 and not y.is_graph_output():
             user = uses[0].node
             other = user.inputs[1 - uses[0].idx] if user.op_type == "Add" and len(user.inputs) == 2 else None
-            if other is not None and other.const_value is not None and not other.is_graph_input():
-                other_shape = tuple(other.const_value.shape)
-                if len(other_shape) >= 1 and all(d == 1 for d in other_shape[:-1]) and other_shape[-1] == shape[1]:
-                    intercept, add_node = "add", user
+            other_shape = _const_shape(other)
+            if other_shape and all(d == 1 for d in other_shape[:-1]) and other_shape[-1] == shape[1]:
+                intercept, add_node = "add", user
     job = _Job(node, label, op.lower(), x, y, in_keep.copy(), np.asarray(out_keep).copy(), intercept, add_node)
     if op == "Conv":
         kernel = list(shape[2:])
+        def ints(name: str, default: list[int]) -> list[int]:
+            attr = node.attributes.get(name)
+            return [int(v) for v in attr.value] if attr is not None else default
+
         job.conv = {
             "kernel": kernel,
-            "kernel_size": int(np.prod(kernel)) if kernel else 1,
-            "strides": [int(v) for v in (node.attributes["strides"].value if "strides" in node.attributes else [1] * len(kernel))],
-            "dilations": [int(v) for v in (node.attributes["dilations"].value if "dilations" in node.attributes else [1] * len(kernel))],
-            "pads": [int(v) for v in (node.attributes["pads"].value if "pads" in node.attributes else [0] * 2 * len(kernel))],
+            "kernel_size": math.prod(kernel),
+            "strides": ints("strides", [1] * len(kernel)),
+            "dilations": ints("dilations", [1] * len(kernel)),
+            "pads": ints("pads", [0] * 2 * len(kernel)),
             "auto_pad": str(node.attributes["auto_pad"].value) if "auto_pad" in node.attributes else "NOTSET",
         }
     return job, ""
 
 
-def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray) -> None:
+def _levels(model: ir.Model, jobs: list[_Job]) -> list[list[_Job]]:
+    """Jobs in dependency levels: a layer comes after every refitted layer its input depends on."""
+    position = {node: index for index, node in enumerate(model.graph)}
+    by_node = {job.node: job for job in jobs}
+    level: dict[ir.Node, int] = {}
+    for job in sorted(jobs, key=lambda j: position[j.node]):
+        deepest = -1
+        seen: set[ir.Node] = set()
+        stack = [job.x.producer()] if job.x.producer() is not None else []
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if node in by_node and node in level:
+                deepest = max(deepest, level[node])
+            stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+        level[job.node] = deepest + 1
+    grouped: dict[int, list[_Job]] = {}
+    for job in jobs:
+        grouped.setdefault(level[job.node], []).append(job)
+    return [grouped[k] for k in sorted(grouped)]
+
+
+def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray, *, inputs_pruned: bool = False) -> None:
+    """Add one batch; ``inputs_pruned``: x already holds only the kept input channels."""
     features = int(job.in_keep.sum())
     if job.kind == "conv":
         features *= job.conv["kernel_size"]
@@ -937,17 +1079,27 @@ def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray) -> None:
         spec = job.conv
         out_spatial = list(y.shape[2:])
         pads = _conv_pads(spec, list(x.shape[2:]), out_spatial)
-        kept = x[:, job.in_keep]
+        kept = x if inputs_pruned else x[:, job.in_keep]
         for n in range(x.shape[0]):
             rows = conv_patches(kept[n : n + 1], spec["kernel"], spec["strides"], pads, spec["dilations"], out_spatial)
             outputs = np.moveaxis(y[n : n + 1], 1, -1).reshape(-1, y.shape[1])[:, job.out_keep]
-            job.stats.add(rows, outputs)
+            job.stats.add(rows, outputs, fold=job.samples % 2)
+            job.samples += 1
         return
     if job.kind == "gemm" and _int_attr(job.node, "transA", 0):
         x = x.T
-    rows = x.reshape(-1, x.shape[-1])[:, job.in_keep]
-    outputs = y.reshape(-1, y.shape[-1])[:, job.out_keep]
-    job.stats.add(rows, outputs)
+    count = x.shape[0] if x.ndim > 1 else 1
+    rows = x.reshape(count, -1, x.shape[-1])
+    outputs = y.reshape(count, -1, y.shape[-1])
+    for fold in (0, 1):
+        picked = slice((fold - job.samples) % 2, None, 2)
+        fold_rows = rows[picked].reshape(-1, rows.shape[-1])
+        if not inputs_pruned:
+            fold_rows = fold_rows[:, job.in_keep]
+        fold_outputs = outputs[picked].reshape(-1, outputs.shape[-1])[:, job.out_keep]
+        if fold_rows.shape[0]:
+            job.stats.add(fold_rows, fold_outputs, fold=fold)
+    job.samples += count
 
 
 def _conv_pads(spec: dict[str, Any], in_spatial: list[int], out_spatial: list[int]) -> list[int]:
@@ -958,7 +1110,7 @@ def _conv_pads(spec: dict[str, Any], in_spatial: list[int], out_spatial: list[in
     if auto_pad == "VALID":
         return [0] * (2 * len(kernel))
     begins, ends = [], []
-    for size, out, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilations):
+    for size, out, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilations, strict=True):
         total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
         small, large = total // 2, total - total // 2
         begins.append(small if auto_pad == "SAME_UPPER" else large)
@@ -1019,7 +1171,7 @@ def _write_matrix(graph: ir.Graph, job: _Job, weights: np.ndarray, names: _Names
         beta = _float_attr(node, "beta", 1.0)
         old_c = node.inputs[2] if len(node.inputs) > 2 else None
         c = bias / beta
-        if old_c is not None and len(old_c.const_value.shape) == 2:  # type: ignore[union-attr]
+        if old_c is not None and len(_const_shape(old_c) or ()) == 2:
             c = c.reshape(1, -1)
         _set_bias(graph, node, 2, c.astype(dtype), names, f"{node.name or 'gemm'}_bias_refit")
     elif job.add_node is not None:
