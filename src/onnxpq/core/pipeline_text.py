@@ -20,14 +20,14 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from onnxpq.core.pass_base import OnnxpqPass, OptionSpec, option_specs
 from onnxpq.core.registry import get_pass_class
 from onnxpq.errors import PipelineError
 
-__all__ = ["parse_pipeline", "format_pipeline", "format_pass", "parse_value", "format_value"]
+__all__ = ["parse_pipeline", "format_pipeline", "format_pass", "parse_value", "format_value", "parse_node_values"]
 
 _SCALAR = re.compile(r"^[A-Za-z0-9_.+\-/:*]+$")
 
@@ -101,6 +101,38 @@ def parse_value(spec: OptionSpec, text: str, pass_name: str) -> Any:
     if annotation is str:
         return text
     raise PipelineError(f"{where}: options of type {spec.type_text} cannot be set from text")
+
+
+def parse_node_values(
+    items: Sequence[str],
+    *,
+    where: str,
+    kind: type,
+    check: Callable[[Any], bool],
+    expected: str,
+    form: str = "name:value",
+) -> dict[str, Any]:
+    """Per-node overrides written ``name:value`` (``per_node=[conv1:0.2,fc2:0]``) as {name: value}.
+
+    ``where`` names the pass and option in errors, ``kind`` converts the text
+    (int or float), ``check`` validates the value and ``expected`` says what is
+    valid. A node given two different values is an error.
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = str(item).rpartition(":")
+        if not sep or not name:
+            raise PipelineError(f"{where}: item {item!r} must be written {form}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise PipelineError(f"{where}: item {item!r}: '{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        if not check(value):
+            raise PipelineError(f"{where}: item {item!r}: the value must be {expected}")
+        if name in parsed and parsed[name] != value:
+            raise PipelineError(f"{where}: node '{name}' is given two values")
+        parsed[name] = value
+    return parsed
 
 
 def format_value(value: Any) -> str:

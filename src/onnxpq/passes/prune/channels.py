@@ -83,6 +83,7 @@ import onnx_ir as ir
 from onnxpq.analysis.channel_groups import ChannelGroup, ChannelGroups, Key, NodeUpdate, node_labels
 from onnxpq.core.context import PassContext
 from onnxpq.core.pass_base import OnnxpqPass
+from onnxpq.core.pipeline_text import parse_node_values
 from onnxpq.core.registry import register_pass
 from onnxpq.errors import DataError, PipelineError
 from onnxpq.passes.prune.reconstruction import LayerStatistics, conv_patches, refit
@@ -217,21 +218,10 @@ def _float_attr(node: ir.Node, name: str, default: float) -> float:
 
 
 def _parse_per_node(items: tuple[str, ...]) -> dict[str, float]:
-    parsed: dict[str, float] = {}
-    for item in items:
-        name, sep, text = str(item).rpartition(":")
-        if not sep or not name:
-            raise PipelineError(f"prune-channels: per_node item {item!r} must be written name:ratio")
-        try:
-            ratio = float(text)
-        except ValueError:
-            raise PipelineError(f"prune-channels: per_node item {item!r}: '{text}' is not a number") from None
-        if not 0.0 <= ratio < 1.0:
-            raise PipelineError(f"prune-channels: per_node item {item!r}: the ratio must be in [0, 1)")
-        if name in parsed and parsed[name] != ratio:
-            raise PipelineError(f"prune-channels: per_node gives node '{name}' two ratios")
-        parsed[name] = ratio
-    return parsed
+    return parse_node_values(
+        items, where="prune-channels: per_node", kind=float, check=lambda r: 0.0 <= r < 1.0, expected="a ratio in [0, 1)",
+        form="name:ratio",
+    )
 
 
 def _check_choice(option: str, value: object, annotation: object) -> None:

@@ -94,6 +94,7 @@ import onnx_ir as ir
 from onnxpq.core.context import PassContext
 from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.registry import register_pass
+from onnxpq.core.pipeline_text import parse_node_values
 from onnxpq.errors import PipelineError
 
 __all__ = [
@@ -425,21 +426,10 @@ def unstructured_effect(target: Any, density: float, storage_ratio: float) -> tu
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, float]:
-    overrides: dict[str, float] = {}
-    for item in items:
-        name, sep, text = item.rpartition(":")
-        if not sep or not name:
-            raise PipelineError(f"prune-magnitude: per_node item '{item}' must be written name:sparsity, e.g. conv1:0.2")
-        try:
-            value = float(text)
-        except ValueError:
-            raise PipelineError(f"prune-magnitude: per_node item '{item}': '{text}' is not a number") from None
-        if not 0.0 <= value < 1.0:
-            raise PipelineError(f"prune-magnitude: per_node item '{item}': sparsity must be in [0, 1)")
-        if name in overrides:
-            raise PipelineError(f"prune-magnitude: per_node names '{name}' twice")
-        overrides[name] = value
-    return overrides
+    return parse_node_values(
+        items, where="prune-magnitude: per_node", kind=float, check=lambda v: 0.0 <= v < 1.0,
+        expected="a sparsity in [0, 1)", form="name:sparsity",
+    )
 
 
 @dataclass

@@ -107,6 +107,7 @@ import onnx_ir as ir
 from onnxpq.core.context import PassContext
 from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.registry import register_pass
+from onnxpq.core.pipeline_text import parse_node_values
 from onnxpq.errors import PipelineError
 from onnxpq.passes.quantize.affine import (
     QuantizedTensor,
@@ -435,21 +436,9 @@ def _display_names(graph: ir.Graph) -> dict[ir.Node, str]:
 
 
 def _parse_bits_per_node(items: Sequence[str]) -> dict[str, int]:
-    parsed: dict[str, int] = {}
-    for item in items:
-        name, sep, text = str(item).rpartition(":")
-        if not sep or not name:
-            raise PipelineError(f"quantize-weights: bits_per_node item {item!r} must be written name:bits")
-        try:
-            bits = int(text)
-        except ValueError:
-            raise PipelineError(f"quantize-weights: bits_per_node item {item!r}: '{text}' is not an integer") from None
-        if not 2 <= bits <= 8:
-            raise PipelineError(f"quantize-weights: bits_per_node item {item!r}: bits must be in 2..8")
-        if name in parsed and parsed[name] != bits:
-            raise PipelineError(f"quantize-weights: bits_per_node gives node '{name}' two bit-widths")
-        parsed[name] = bits
-    return parsed
+    return parse_node_values(
+        items, where="quantize-weights: bits_per_node", kind=int, check=lambda b: 2 <= b <= 8, expected="bits in 2..8", form="name:bits"
+    )
 
 
 def _rounded_db(value: float) -> float | None:
