@@ -60,7 +60,7 @@ def test_optimize_writes_model_and_reports_and_exits_0(tmp_path: Path, model_pat
     assert report["baseline"]["accuracy"] == 1.0 and report["optimized"]["accuracy"] >= 0.95
     assert [p["name"] for p in report["passes"]] == [
         "constants-to-initializers", "eliminate-identity", "fold-batchnorm", "eliminate-dead", "quantize-static",
-        "quantize-dynamic"]
+        "quantize-dynamic", "quantize-gather"]
     assert "DynamicQuantizeMatMul" in [n.op_type for n in ir.load(out).graph]  # a constant-weight MatMul: dynamic int8
     assert report["optimized"]["kernels"]["integer"] == {"DynamicQuantizeMatMul": 1}
     assert "<table" in (tmp_path / "r.html").read_text()
