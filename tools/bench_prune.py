@@ -1,0 +1,877 @@
+"""Structured channel pruning on the reference models: MACs, latency per MAC, quality, composition with quantization.
+
+Models (``--models NAME...``, default all of them; a model whose files are
+missing is skipped with a line saying how to build it):
+
+* ``digits``: the CNN embedded in the package (``src/onnxpq/data/digits_cnn.onnx``,
+  ``digits_test.npz`` with labels, ``digits_calib.npz``);
+* ``mnist``, ``mobilenetv2``, ``minilm``: the reference-model cache written by
+  ``python models/<name>.py`` into ``$ONNXPQ_MODELS`` or ``~/.cache/onnxpq/models``.
+
+Variants of every model, each produced by ``onnxpq.optimize(model, out,
+target="cpu", pipeline=..., data=<test>, calibration=<calib>)`` in this process
+(the cpu target's ``sparsity.channel_multiple`` is 16, so kept channel counts are
+multiples of 16 where a section has more than 16):
+
+* ``fp32``: the input model;
+* ``prune R <importance> rec=on|off``: ``CLEANUP,prune-channels{ratio=R,importance=I,reconstruct=on|off}``
+  for every R of ``--ratios`` (default 0.25 0.5), I of ``--importance``
+  (default ``l1 activation``) and reconstruction on and off, where
+  ``CLEANUP = constants-to-initializers,eliminate-identity,fold-batchnorm,eliminate-dead``;
+* composition (``--no-compose`` leaves it out): ``prune 0.3`` =
+  ``CLEANUP,prune-channels{ratio=0.3}`` (reconstruction ``auto`` = on, calibration
+  given), ``quantize`` = ``CLEANUP,quantize-static{exclude_op_types=[MatMul]},quantize-dynamic``
+  (the cpu target's own pipeline), and ``prune 0.3 + quantize`` = both in one pipeline.
+
+Per variant:
+
+* MACs ratio: the report's ``ratios.macs`` (optimized / baseline MACs per
+  sample, onnxpq's shape analysis). Checked independently here: every
+  Conv/Gemm/MatMul input and output of the produced model is made a graph
+  output and one sample is run in onnxruntime (no graph optimizations); MACs are
+  recomputed from those *runtime* shapes and the weight initializers' shapes
+  (Conv: ``N·M·prod(out spatial)·prod(W.shape[1:])``; Gemm: ``M·N·K``;
+  MatMul: ``prod(Y.shape)·K``), for fp32 and for every float variant; the
+  table says whether they match the report's figure exactly.
+* latency: one session per variant (onnxpq's ``make_session``: CPU EP,
+  ORT_ENABLE_ALL, 1 intra-op thread), ``WARMUP`` warm-up runs each, then
+  ``--runs`` rounds each running every variant once in turn (A B C ... per
+  round), per batch (1, and 8 for CNNs; the first test samples); medians, and
+  ratios of medians against fp32 in the same configuration.
+* latency ratio ÷ MAC ratio: the issue's target is ≤ 1.15 for pruned models
+  (latency falls with the MACs); said per row and configuration. Quantized
+  rows have no such target (quantization does not change MACs).
+* quality over the whole test set: task accuracy (labels) when labelled, top-1
+  agreement with fp32 for classifiers, and output SQNR vs fp32
+  (:func:`onnxpq.validation.fidelity.compare_outputs`).
+* size on disk; pass wall time (the ``prune-channels`` pass's seconds from the
+  report's pass records, and the whole pipeline's).
+
+Composition target (issue 4): ``prune 0.3 + quantize`` latency below both
+``prune 0.3`` alone and ``quantize`` alone, per configuration.
+
+The section of ``BENCHMARKS.md`` between ``<!-- bench_prune:start -->`` and
+``<!-- bench_prune:end -->`` holds one block per model (each between its own
+inner markers, with its own command line, date, machine and versions); blocks
+of models not run this time are kept. The new blocks are also printed.
+
+Usage::
+
+    python tools/bench_prune.py [--models digits mnist ...] [--runs 50] [--ratios 0.25 0.5]
+        [--importance l1 activation] [--no-compose] [--keep DIR] [--benchmarks PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("bench_prune")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
+START_MARKER = "<!-- bench_prune:start -->"
+END_MARKER = "<!-- bench_prune:end -->"
+PACKAGE_DATA = REPO_ROOT / "src" / "onnxpq" / "data"
+MODELS_ENV = "ONNXPQ_MODELS"
+DEFAULT_MODELS_DIR = Path("~/.cache/onnxpq/models")
+
+KNOWN_MODELS = ("digits", "mnist", "mobilenetv2", "minilm")
+TARGET = "cpu"
+CLEANUP = "constants-to-initializers,eliminate-identity,fold-batchnorm,eliminate-dead"
+QUANTIZE = "quantize-static{exclude_op_types=[MatMul]},quantize-dynamic"
+COMPOSE_RATIO = 0.3
+#: The issue's target: latency ratio / MAC ratio of a pruned model.
+MAX_LATENCY_PER_MAC = 1.15
+WARMUP = 10
+THREADS = 1
+CNN_BATCH = 8
+QUALITY_BATCH = 64
+#: Timed runs of onnxpq.optimize's own validation (its latency is not used here; ours is interleaved).
+OPTIMIZE_LATENCY_RUNS = 3
+MAC_OPS = ("Conv", "Gemm", "MatMul")
+MODEL_NAME = "model.onnx"
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelFiles:
+    name: str
+    onnx: Path
+    test: Path
+    calib: Path
+
+
+def models_dir() -> Path:
+    value = os.environ.get(MODELS_ENV)
+    return Path(value).expanduser() if value else DEFAULT_MODELS_DIR.expanduser()
+
+
+def locate(name: str) -> tuple[ModelFiles | None, str]:
+    """The model's files, or None and a line saying what is missing and how to build it."""
+    if name == "digits":
+        files = ModelFiles(name, PACKAGE_DATA / "digits_cnn.onnx", PACKAGE_DATA / "digits_test.npz",
+                           PACKAGE_DATA / "digits_calib.npz")  # fmt: skip
+        hint = "rebuild with `python models/digits.py` (writes into src/onnxpq/data)"
+    else:
+        folder = models_dir()
+        files = ModelFiles(name, folder / f"{name}.onnx", folder / f"{name}_test.npz", folder / f"{name}_calib.npz")
+        script = REPO_ROOT / "models" / f"{name}.py"
+        hint = (
+            f"build it with `python models/{name}.py` (writes into ${MODELS_ENV} or {DEFAULT_MODELS_DIR})"
+            if script.is_file()
+            else f"its build script models/{name}.py does not exist yet"
+        )
+    missing = [p.name for p in (files.onnx, files.test, files.calib) if not p.is_file()]
+    if missing:
+        return None, f"{name}: skipped, missing {', '.join(missing)} in {files.onnx.parent}; {hint}."
+    return files, ""
+
+
+def _model_inputs(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [value.name for value in graph.input if value.name not in initializers]
+
+
+def is_cnn(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type in ("Conv", "ConvTranspose") for node in graph.node)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@dataclass
+class Variant:
+    label: str
+    pipeline: str | None  # None: the input model
+    kind: str  # "fp32" | "prune" | "compose"
+    ratio: float | None = None
+    importance: str | None = None
+    reconstruct: str | None = None
+    path: Path | None = None
+    failed: str | None = None
+    report: dict[str, Any] | None = None
+    optimize_s: float | None = None
+    prune_s: float | None = None
+    pipeline_s: float | None = None
+    prune_notes: dict[str, Any] | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+    fidelity: Any = None
+    macs_report: int | None = None
+    macs_ratio: float | None = None
+    macs_own: int | None = None
+    macs_own_unresolved: list[str] = field(default_factory=list)
+    latency_ms: dict[int, float] = field(default_factory=dict)  # batch -> median
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None and self.failed is None
+
+    @property
+    def quantized(self) -> bool:
+        return self.pipeline is not None and "quantize" in self.pipeline
+
+
+def prune_pipeline(ratio: float, importance: str | None = None, reconstruct: str | None = None) -> str:
+    options = [f"ratio={ratio:g}"]
+    if importance is not None:
+        options.append(f"importance={importance}")
+    if reconstruct is not None:
+        options.append(f"reconstruct={reconstruct}")
+    return f"prune-channels{{{','.join(options)}}}"
+
+
+def make_variants(args: argparse.Namespace) -> list[Variant]:
+    variants = [Variant("fp32", None, "fp32")]
+    for ratio in args.ratios:
+        for importance in args.importance:
+            for reconstruct in ("on", "off"):
+                variants.append(
+                    Variant(
+                        f"prune {ratio:g} {importance} rec={reconstruct}",
+                        f"{CLEANUP},{prune_pipeline(ratio, importance, reconstruct)}",
+                        "prune", ratio, importance, reconstruct,
+                    )  # fmt: skip
+                )
+    if args.compose:
+        prune = prune_pipeline(COMPOSE_RATIO)
+        variants += [
+            Variant(f"prune {COMPOSE_RATIO:g}", f"{CLEANUP},{prune}", "compose", COMPOSE_RATIO, "l1", "auto"),
+            Variant("quantize", f"{CLEANUP},{QUANTIZE}", "compose"),
+            Variant(f"prune {COMPOSE_RATIO:g} + quantize", f"{CLEANUP},{prune},{QUANTIZE}", "compose", COMPOSE_RATIO,
+                    "l1", "auto"),  # fmt: skip
+        ]
+    return variants
+
+
+def produce(files: ModelFiles, variant: Variant, work: Path) -> None:
+    """Run ``onnxpq.optimize`` with the variant's pipeline; fill in the report figures and pass times."""
+    import onnxpq
+
+    out_dir = work / variant.label.replace(" ", "_").replace("=", "-").replace("+", "plus")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    try:
+        result = onnxpq.optimize(
+            files.onnx, out_dir / MODEL_NAME, target=TARGET, pipeline=variant.pipeline, data=files.test,
+            calibration=files.calib, report=out_dir / "report.json", latency_runs=OPTIMIZE_LATENCY_RUNS,
+            latency_batch=1, progress=False,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - any failure of the tool is a row of the table
+        variant.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        logger.exception("%s %s: onnxpq.optimize failed", files.name, variant.label)
+        return
+    variant.optimize_s = time.perf_counter() - start
+    variant.path = result.output
+    report = result.report
+    variant.report = report
+    variant.macs_report = int(report["optimized"]["macs"])
+    variant.macs_ratio = report["ratios"]["macs"]
+    passes = report["passes"]
+    variant.pipeline_s = sum(float(p["seconds"]) for p in passes)
+    prune_records = [p for p in passes if p["name"] == "prune-channels"]
+    if prune_records:
+        variant.prune_s = float(prune_records[0]["seconds"])
+        variant.prune_notes = prune_records[0]["details"]
+
+
+# --------------------------------------------------------------------------- own MAC count
+
+
+def own_macs(path: Path, sample: dict[str, Any]) -> tuple[int, list[str]]:
+    """MACs of one sample from runtime shapes (onnxruntime) and weight initializer shapes; and unresolved nodes.
+
+    Every Conv/Gemm/MatMul input and output becomes a graph output; the model
+    runs once without graph optimizations, so the shapes are the ones the
+    graph's own nodes produce.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    shapes: dict[str, tuple[int, ...]] = {t.name: tuple(t.dims) for t in graph.initializer}
+    compute = [n for n in graph.node if n.op_type in MAC_OPS and n.domain in ("", "ai.onnx")]
+    existing = {o.name for o in graph.output}
+    wanted: list[str] = []
+    for node in compute:
+        for name in (*node.input[:2], node.output[0]):
+            if name and name not in shapes and name not in existing and name not in wanted:
+                wanted.append(name)
+    for name in wanted:
+        graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, sample)
+    shapes.update({name: tuple(np.shape(value)) for name, value in zip(names, values, strict=True)})
+
+    def attr(node: Any, name: str, default: int) -> int:
+        for a in node.attribute:
+            if a.name == name:
+                return int(a.i)
+        return default
+
+    total, unresolved = 0, []
+    for node in compute:
+        a, b, y = (shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]))
+        if a is None or b is None or y is None:
+            unresolved.append(node.name or node.output[0])
+            continue
+        if node.op_type == "Conv":
+            total += math.prod(y) * math.prod(b[1:])  # N·M·spatial · (C/g)·k...
+        elif node.op_type == "Gemm":
+            k = a[0] if attr(node, "transA", 0) else a[1]
+            total += math.prod(y) * k
+        else:  # MatMul
+            total += math.prod(y) * a[-1]
+    return total, unresolved
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _load_arrays(path: Path, names: list[str]) -> dict[str, Any]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in names if name in archive.files}
+
+
+def _first(test_inputs: dict[str, Any], count: int) -> dict[str, Any]:
+    import numpy as np
+
+    feed = {}
+    for name, array in test_inputs.items():
+        if len(array) < count:
+            array = np.concatenate([array] * -(-count // len(array)), axis=0)
+        feed[name] = np.ascontiguousarray(array[:count])
+    return feed
+
+
+def measure_quality(files: ModelFiles, variants: list[Variant], test_inputs: dict[str, Any], labels: Any) -> None:
+    """Outputs over the whole test set; accuracy, fidelity against fp32, size, own MAC count."""
+    import numpy as np
+
+    from onnxpq.core.session import make_session, run_in_batches
+    from onnxpq.io import model_size_bytes
+    from onnxpq.validation.fidelity import compare_outputs
+
+    reference: list[Any] | None = None
+    sample = _first(test_inputs, 1)
+    for variant in variants:
+        if not variant.ok:
+            continue
+        logger.info("%s %s: quality, size, MACs", files.name, variant.label)
+        session = make_session(variant.path, threads=2)
+        outputs = run_in_batches(session, test_inputs, batch_size=QUALITY_BATCH)
+        del session
+        if reference is None:
+            reference = outputs  # fp32 comes first
+        else:
+            for ref, out in zip(reference, outputs, strict=True):
+                if ref.shape != out.shape:
+                    variant.checks.append(f"output shape changed {list(ref.shape)} -> {list(out.shape)}")
+        variant.fidelity = compare_outputs(reference, outputs)
+        if labels is not None:
+            scores = outputs[0].reshape(len(labels), -1)
+            variant.accuracy = float(np.mean(np.argmax(scores, axis=-1) == labels))
+        variant.size_bytes = model_size_bytes(variant.path)
+        if not variant.quantized:
+            variant.macs_own, variant.macs_own_unresolved = own_macs(variant.path, sample)
+
+
+def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dict[str, Any], batches: tuple[int, ...],
+                    runs: int) -> None:  # fmt: skip
+    """Interleaved medians per batch, 1 thread, one session per variant."""
+    from onnxpq.core.session import make_session
+
+    timed = [v for v in variants if v.ok]
+    sessions = [make_session(v.path, threads=THREADS) for v in timed]
+    for batch in batches:
+        feed = _first(test_inputs, batch)
+        logger.info("%s: latency, %d thread, batch %d, %d variants x %d rounds", files.name, THREADS, batch,
+                    len(sessions), runs)  # fmt: skip
+        for session in sessions:
+            for _ in range(WARMUP):
+                session.run(None, feed)
+        times: list[list[float]] = [[] for _ in sessions]
+        for _ in range(runs):
+            for bucket, session in zip(times, sessions, strict=True):
+                start = time.perf_counter()
+                session.run(None, feed)
+                bucket.append((time.perf_counter() - start) * 1e3)
+        for variant, bucket in zip(timed, times, strict=True):
+            variant.latency_ms[batch] = statistics.median(bucket)
+    del sessions
+
+
+# --------------------------------------------------------------------------- one model
+
+
+@dataclass
+class ModelRun:
+    files: ModelFiles
+    cnn: bool
+    labelled: bool
+    classifier: bool  # labelled or carrying the fp32 model's own classes (``reference_top1``): top-1 agreement applies
+    batches: tuple[int, ...]
+    test_samples: int
+    calib_samples: int
+    variants: list[Variant]
+    fp32_macs_report: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, label: str) -> Variant | None:
+        return next((v for v in self.variants if v.label == label), None)
+
+
+def source_fingerprint() -> str:
+    """SHA-256 of onnxpq's sources (Python and target TOML): a change during a run means mixed versions."""
+    digest = hashlib.sha256()
+    root = REPO_ROOT / "src" / "onnxpq"
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.toml")]):
+        digest.update(str(path.relative_to(root)).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            pass
+    return digest.hexdigest()
+
+
+def git_state() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" + uncommitted changes in src/" if dirty else "")
+
+
+def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> ModelRun:
+    fingerprint = source_fingerprint()
+    work.mkdir(parents=True, exist_ok=True)
+    cnn = is_cnn(files.onnx)
+    inputs = _model_inputs(files.onnx)
+    test_inputs = _load_arrays(files.test, inputs)
+    labels = _load_arrays(files.test, ["labels"]).get("labels")
+    calib_samples = len(next(iter(_load_arrays(files.calib, inputs).values())))
+    variants = make_variants(args)
+    classifier = labels is not None or bool(_load_arrays(files.test, ["reference_top1"]))
+    run = ModelRun(files, cnn, labels is not None, classifier, (1, CNN_BATCH) if cnn else (1,),
+                   len(next(iter(test_inputs.values()))), calib_samples, variants)  # fmt: skip
+    variants[0].path = files.onnx
+    for variant in variants[1:]:
+        logger.info("%s %s: onnxpq.optimize(pipeline=%s)", files.name, variant.label, variant.pipeline)
+        produce(files, variant, work)
+        if variant.ok:
+            if run.fp32_macs_report is None:
+                run.fp32_macs_report = int(variant.report["baseline"]["macs"])  # type: ignore[index]
+            logger.info(
+                "%s %s: MACs ratio %.3f, prune pass %.2f s, optimize %.1f s", files.name, variant.label,
+                variant.macs_ratio or float("nan"), variant.prune_s or 0.0, variant.optimize_s or 0.0,
+            )  # fmt: skip
+    if source_fingerprint() != fingerprint:
+        run.notes.append(
+            "onnxpq's sources changed while the variants were produced (concurrent edits): rows may mix code "
+            "versions; re-run for a clean table."
+        )
+    measure_quality(files, variants, test_inputs, labels)
+    measure_latency(files, variants, test_inputs, run.batches, args.runs)
+    return run
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_lines() -> list[str]:
+    import numpy
+    import onnx
+    import onnx_ir
+    import onnxruntime
+
+    import onnxpq
+
+    cpu, mem = "unknown", "unknown"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+        if "avx512_vnni" in flags:
+            cpu += " (AVX-512 VNNI)"
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+                break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        f"- Machine: {platform.platform()}; nproc {nproc}; CPU {cpu}; memory {mem}",
+        f"- Python {platform.python_version()}, onnx {onnx.__version__}, onnx-ir {onnx_ir.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, onnxpq {onnxpq.__version__}",
+    ]
+
+
+def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return ("∞" if value > 0 else "-∞") + suffix
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _latency_ratio(run: ModelRun, variant: Variant, batch: int, against: Variant | None = None) -> float | None:
+    base = against if against is not None else run.variants[0]
+    a, b = variant.latency_ms.get(batch), base.latency_ms.get(batch)
+    return a / b if a is not None and b else None
+
+
+def _per_mac(run: ModelRun, variant: Variant, batch: int) -> float | None:
+    ratio = _latency_ratio(run, variant, batch)
+    if ratio is None or not variant.macs_ratio:
+        return None
+    return ratio / variant.macs_ratio
+
+
+def _mac_check(run: ModelRun, variant: Variant) -> str:
+    if variant.quantized:
+        return "n/a (quantized)"
+    own = variant.macs_own
+    reported = run.fp32_macs_report if variant.kind == "fp32" else variant.macs_report
+    if own is None or reported is None:
+        return "–"
+    extra = f", {len(variant.macs_own_unresolved)} node(s) unresolved" if variant.macs_own_unresolved else ""
+    if own == reported:
+        return f"match ({own:,}{extra})"
+    return f"MISMATCH: report {reported:,} vs {own:,} ({(reported - own) / own:+.2%}){extra}"
+
+
+def _quality_cells(run: ModelRun, variant: Variant) -> list[str]:
+    reference = variant.kind == "fp32"
+    fid = variant.fidelity
+    cells = []
+    if run.labelled:
+        cells.append(_fmt(variant.accuracy * 100 if variant.accuracy is not None else None, 2, " %"))
+    if run.classifier:
+        agreement = fid.top1_agreement if fid is not None else None
+        cells.append("100 % (ref.)" if reference else _fmt(agreement * 100 if agreement is not None else None, 2, " %"))
+    cells.append("∞ (ref.)" if reference else _fmt(fid.sqnr_db if fid else None, 1, " dB"))
+    if not run.classifier:
+        cells.append("1 (ref.)" if reference else _fmt(fid.cosine if fid else None, 4))
+    return cells
+
+
+def _quality_heads(run: ModelRun) -> list[str]:
+    heads = ["accuracy (labels)"] if run.labelled else []
+    if run.classifier:
+        heads.append("top-1 agreement vs fp32")
+    heads.append("SQNR vs fp32")
+    if not run.classifier:
+        heads.append("cosine vs fp32")
+    return heads
+
+
+def _prune_summary(variant: Variant) -> str:
+    notes = variant.prune_notes or {}
+    groups = notes.get("pruned_groups") or []
+    if not groups and "channels_before" not in notes:
+        return "–"
+    refits = applied = 0
+    for group in groups:
+        for layer in group.get("reconstruction", []) or []:
+            refits += 1
+            applied += bool(layer.get("applied"))
+    text = (
+        f"{len(groups)} groups pruned, channels {notes.get('channels_before', '?')} → {notes.get('channels_after', '?')}; "
+        f"{len(notes.get('unprunable_groups') or [])} unprunable"
+    )
+    if notes.get("reconstruction") == "on":
+        text += f"; {applied}/{refits} refits applied"
+    return text
+
+
+def _verdict_cell(run: ModelRun, variant: Variant) -> str:
+    if variant.kind == "fp32" or variant.quantized:
+        return "n/a"
+    parts = []
+    for batch in run.batches:
+        value = _per_mac(run, variant, batch)
+        if value is None:
+            parts.append(f"b{batch} –")
+        else:
+            parts.append(f"b{batch} {'reached' if value <= MAX_LATENCY_PER_MAC else 'NOT reached'}")
+    return ", ".join(parts)
+
+
+def composition_lines(run: ModelRun) -> list[str]:
+    prune = run.get(f"prune {COMPOSE_RATIO:g}")
+    quant = run.get("quantize")
+    both = run.get(f"prune {COMPOSE_RATIO:g} + quantize")
+    if prune is None or quant is None or both is None:
+        return []
+    label = (f"- Composition (`prune-channels{{ratio={COMPOSE_RATIO:g}}},{QUANTIZE}` latency below both "
+             "prune alone and quantize alone)")  # fmt: skip
+    if not (prune.ok and quant.ok and both.ok):
+        failed = ", ".join(v.label for v in (prune, quant, both) if not v.ok)
+        return [f"{label}: not measured ({failed} failed)"]
+    parts, misses = [], 0
+    for batch in run.batches:
+        b, p, q = both.latency_ms[batch], prune.latency_ms[batch], quant.latency_ms[batch]
+        ok = b < p and b < q
+        misses += not ok
+        parts.append(
+            f"b{batch}: {'reached' if ok else 'NOT reached'} ({b:.3f} ms vs prune {p:.3f} ms = {b / p:.2f}x, "
+            f"vs quantize {q:.3f} ms = {b / q:.2f}x)"
+        )
+    verdict = "reached in every configuration" if misses == 0 else f"NOT reached in {misses} of {len(run.batches)}"
+    valid = "valid model (saved, onnx checker, runs in onnxruntime, output shapes unchanged)" if not both.checks else \
+        "; ".join(both.checks)  # fmt: skip
+    return [f"{label}: {verdict} — " + "; ".join(parts) + f"; {valid}."]
+
+
+def target_lines(run: ModelRun) -> list[str]:
+    lines = ["Targets of the issue, computed from the numbers above:", ""]
+    pruned = [v for v in run.variants if v.kind != "fp32" and not v.quantized]
+    measured = [v for v in pruned if v.ok]
+    match = [v for v in [run.variants[0], *measured] if _mac_check(run, v).startswith("match")]
+    mismatched = [v.label for v in [run.variants[0], *measured] if _mac_check(run, v).startswith("MISMATCH")]
+    lines.append(
+        f"- MACs reported match the pruned shapes: "
+        + (f"match for all {len(match)} float models (fp32 and every pruned variant)" if not mismatched else
+           f"MISMATCH for {', '.join(mismatched)}")  # fmt: skip
+    )
+    for batch in run.batches:
+        rows = [(v, _per_mac(run, v, batch)) for v in measured if v.kind == "prune"]
+        rows = [(v, r) for v, r in rows if r is not None]
+        if not rows:
+            continue
+        good = sum(r <= MAX_LATENCY_PER_MAC for _, r in rows)
+        worst = max(rows, key=lambda item: item[1])
+        lines.append(
+            f"- Latency ratio ÷ MAC ratio ≤ {MAX_LATENCY_PER_MAC} (1 thread, batch {batch}): "
+            f"{'reached' if good == len(rows) else 'NOT reached'} for {good} of {len(rows)} pruned variants "
+            f"(range {min(r for _, r in rows):.2f}–{worst[1]:.2f}; worst {worst[0].label})"
+        )
+    lines += composition_lines(run)
+    return lines
+
+
+def render_model(run: ModelRun, args: argparse.Namespace) -> str:
+    name = run.files.name
+    quality_heads = _quality_heads(run)
+    lines = [
+        f"### {name}",
+        "",
+        f"- Command: `{shlex.join(['python', 'tools/bench_prune.py', *args.argv])}`",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        *machine_lines(),
+        f"- onnxpq source: git {git_state()}",
+        f"- Model: `{_display_path(run.files.onnx)}` ({'CNN' if run.cnn else 'MatMul-dominated'}); "
+        f"test set {run.test_samples} samples; calibration `{run.files.calib.name}` ({run.calib_samples} samples); "
+        f"fp32 MACs per sample {_fmt(run.fp32_macs_report, 0)} (onnxpq report)",
+        f"- Variants: `onnxpq.optimize(target=\"{TARGET}\", pipeline=...)` with `CLEANUP = {CLEANUP}` before "
+        f"each pipeline; the cpu target's channel multiple is 16",
+        f"- Latency: {THREADS} thread, batch {', '.join(map(str, run.batches))}; {WARMUP} warm-up runs per session, "
+        f"then {args.runs} interleaved rounds (every variant once per round); medians, ratios of medians vs fp32",
+        "",
+    ]
+    header = ["variant", "MACs ratio (report)", "MACs check (own count)"]
+    for batch in run.batches:
+        header += [f"latency ratio b{batch}", f"÷ MACs b{batch}"]
+    header += [f"≤ {MAX_LATENCY_PER_MAC}?", *quality_heads, "size MiB", "prune pass s", "pipeline s"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---|" + "---:|" * (len(header) - 1))
+    for variant in run.variants:
+        if not variant.ok:
+            lines.append(f"| {variant.label} | failed: {variant.failed} |" + " |" * (len(header) - 2))
+            continue
+        cells = [variant.label, "1.000" if variant.kind == "fp32" else _fmt(variant.macs_ratio, 3),
+                 _mac_check(run, variant)]  # fmt: skip
+        for batch in run.batches:
+            cells.append(_fmt(_latency_ratio(run, variant, batch), 3))
+            cells.append("–" if variant.kind == "fp32" or variant.quantized else _fmt(_per_mac(run, variant, batch), 2))
+        cells.append(_verdict_cell(run, variant))
+        cells += _quality_cells(run, variant)
+        cells.append(_fmt(variant.size_bytes / 2**20 if variant.size_bytes is not None else None, 3))
+        cells.append(_fmt(variant.prune_s, 2))
+        cells.append(_fmt(variant.pipeline_s, 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *target_lines(run), ""]
+
+    lines += [
+        "<details><summary>Details: pipelines, latency medians (ms), what was pruned, optimize wall time</summary>",
+        "",
+        "| variant | pipeline | " + " | ".join(f"b{b} ms" for b in run.batches) + " | pruned | optimize s |",
+        "|---|---|" + "---:|" * len(run.batches) + "---|---:|",
+    ]
+    for variant in run.variants:
+        if not variant.ok:
+            continue
+        lines.append(
+            f"| {variant.label} | {'`' + variant.pipeline + '`' if variant.pipeline else '(input model)'} | "
+            + " | ".join(_fmt(variant.latency_ms.get(b), 3) for b in run.batches)
+            + f" | {_prune_summary(variant)} | {_fmt(variant.optimize_s, 1)} |"
+        )
+    reasons = _unprunable_reasons(run)
+    if reasons:
+        lines += ["", "Groups the coupling analysis left whole (reason pattern: groups; an example):", ""]
+        lines += [f"- {pattern}: {count} (e.g. {example})" for pattern, (count, example) in reasons.items()]
+    lines += ["", "</details>", ""]
+    if run.notes:
+        lines += [f"- Note: {note}" for note in run.notes] + [""]
+    return "\n".join(lines)
+
+
+def _unprunable_reasons(run: ModelRun) -> dict[str, tuple[int, str]]:
+    """Unprunable groups (from the first pruned variant's notes) by reason pattern (names elided): count, example."""
+    for variant in run.variants:
+        if variant.ok and variant.prune_notes is not None:
+            reasons: dict[str, tuple[int, str]] = {}
+            for group in variant.prune_notes.get("unprunable_groups") or []:
+                reason = str(group.get("reason"))
+                pattern = re.sub(r"'[^']*'", "'…'", reason)[:200]
+                count, example = reasons.get(pattern, (0, reason[:300]))
+                reasons[pattern] = (count + 1, example)
+            return reasons
+    return {}
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        home = str(Path.home())
+        text = str(path)
+        return "~" + text[len(home) :] if text.startswith(home) else text
+
+
+def _model_markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench_prune:model={name}:start -->", f"<!-- bench_prune:model={name}:end -->"
+
+
+INTRO = """## Structured channel pruning: MACs, latency per MAC, quality, composition with quantization
+
+Written by `tools/bench_prune.py` (its docstring has the method). Per model: the MACs ratio
+from onnxpq's report (checked against an own count from onnxruntime's runtime shapes), the
+latency ratio against fp32 (1 thread, interleaved rounds, medians) and that ratio divided by
+the MACs ratio (issue 4's target: ≤ 1.15), quality with and without least-squares
+reconstruction, size, and the prune pass's wall time; then whether prune + quantize beats
+either alone.
+"""
+
+
+def write_section(benchmarks: Path, blocks: dict[str, str]) -> None:
+    """Replace the given model blocks inside this script's section (kept: other models' blocks, other sections)."""
+    text = benchmarks.read_text(encoding="utf-8") if benchmarks.exists() else "# Benchmarks\n"
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    old = text[start + len(START_MARKER) : end] if start != -1 and end > start else ""
+    kept: dict[str, str] = {}
+    for name in KNOWN_MODELS:
+        begin, finish = _model_markers(name)
+        i, j = old.find(begin), old.find(finish)
+        if i != -1 and j > i:
+            kept[name] = old[i + len(begin) : j].strip("\n") + "\n"
+    kept.update(blocks)
+    body = [INTRO]
+    for name in KNOWN_MODELS:
+        if name in kept:
+            begin, finish = _model_markers(name)
+            body.append(f"{begin}\n{kept[name]}{finish}\n")
+    section = f"{START_MARKER}\n" + "\n".join(body) + END_MARKER
+    if start != -1 and end > start:
+        text = text[:start] + section + text[end + len(END_MARKER) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, benchmarks)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _has_block(benchmarks: Path, name: str) -> bool:
+    """True when BENCHMARKS.md already has a measured block for ``name`` (a skip line does not replace it)."""
+    if not benchmarks.exists():
+        return False
+    text = benchmarks.read_text(encoding="utf-8")
+    begin, finish = _model_markers(name)
+    i, j = text.find(begin), text.find(finish)
+    return i != -1 and j > i and "skipped, missing" not in text[i:j]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", metavar="NAME", choices=KNOWN_MODELS,
+                        help=f"models to run (default: all available of {', '.join(KNOWN_MODELS)})")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=50, help="interleaved latency rounds per batch (default 50)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5], help="prune ratios (default 0.25 0.5)")
+    parser.add_argument("--importance", nargs="+", default=["l1", "activation"],
+                        choices=["l1", "l2", "bn-scale", "activation"],
+                        help="importance criteria, each with reconstruction on and off (default l1 activation)")  # fmt: skip
+    parser.add_argument("--no-compose", dest="compose", action="store_false",
+                        help="leave out the prune + quantize composition rows")  # fmt: skip
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the produced models there")
+    parser.add_argument("--benchmarks", type=Path, default=DEFAULT_BENCHMARKS,
+                        help=f"Markdown file to update (default {DEFAULT_BENCHMARKS.name})")  # fmt: skip
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
+    for ratio in args.ratios:
+        if not 0.0 < ratio < 1.0:
+            parser.error(f"--ratios must be in (0, 1), got {ratio}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("onnxpq", "onnx_ir"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    names = args.models or list(KNOWN_MODELS)
+    found: list[ModelFiles] = []
+    skipped: list[str] = []
+    for name in dict.fromkeys(names):
+        files, why = locate(name)
+        if files is None:
+            logger.warning("%s", why)
+            skipped.append(why)
+        else:
+            found.append(files)
+    if args.keep is not None:
+        work = args.keep.resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench_prune-"))
+    blocks: dict[str, str] = {}
+    try:
+        for files in found:
+            logger.info("== %s (%s)", files.name, files.onnx)
+            run = benchmark_model(files, args, work / files.name)
+            blocks[files.name] = render_model(run, args)
+            write_section(args.benchmarks, blocks)  # after every model: a later failure keeps the earlier tables
+        for line in skipped:
+            name = line.split(":", 1)[0]
+            if name not in blocks and not _has_block(args.benchmarks, name):
+                blocks[name] = f"### {name}\n\n- {line}\n"
+        if blocks:
+            write_section(args.benchmarks, blocks)
+            logger.info("updated %s", args.benchmarks)
+        for name in KNOWN_MODELS:
+            if name in blocks:
+                print(blocks[name])
+        for line in skipped:
+            print(f"- {line}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            logger.info("kept %s", work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
