@@ -18,6 +18,9 @@ multiples of 16 where a section has more than 16):
   for every R of ``--ratios`` (default 0.25 0.5), I of ``--importance``
   (default ``l1 activation``) and reconstruction on and off, where
   ``CLEANUP = constants-to-initializers,eliminate-identity,fold-batchnorm,eliminate-dead``;
+  plus, per R, ``reconstruct_inputs=pruned`` with the first importance (each layer
+  refitted in order on the inputs of the model pruned so far; ``--no-pruned-inputs``
+  leaves it out);
 * composition (``--no-compose`` leaves it out): ``prune 0.3`` =
   ``CLEANUP,prune-channels{ratio=0.3}`` (reconstruction ``auto`` = on, calibration
   given), ``quantize`` = ``CLEANUP,quantize-static{exclude_op_types=[MatMul]},quantize-dynamic``
@@ -58,7 +61,7 @@ of models not run this time are kept. The new blocks are also printed.
 Usage::
 
     python tools/bench_prune.py [--models digits mnist ...] [--runs 50] [--ratios 0.25 0.5]
-        [--importance l1 activation] [--no-compose] [--keep DIR] [--benchmarks PATH]
+        [--importance l1 activation] [--no-pruned-inputs] [--no-compose] [--keep DIR] [--benchmarks PATH]
 """
 
 from __future__ import annotations
@@ -199,12 +202,15 @@ class Variant:
         return self.pipeline is not None and "quantize" in self.pipeline
 
 
-def prune_pipeline(ratio: float, importance: str | None = None, reconstruct: str | None = None) -> str:
+def prune_pipeline(ratio: float, importance: str | None = None, reconstruct: str | None = None,
+                   inputs: str | None = None) -> str:  # fmt: skip
     options = [f"ratio={ratio:g}"]
     if importance is not None:
         options.append(f"importance={importance}")
     if reconstruct is not None:
         options.append(f"reconstruct={reconstruct}")
+    if inputs is not None:
+        options.append(f"reconstruct_inputs={inputs}")
     return f"prune-channels{{{','.join(options)}}}"
 
 
@@ -220,6 +226,15 @@ def make_variants(args: argparse.Namespace) -> list[Variant]:
                         "prune", ratio, importance, reconstruct,
                     )  # fmt: skip
                 )
+        if args.pruned_inputs:
+            importance = args.importance[0]
+            variants.append(
+                Variant(
+                    f"prune {ratio:g} {importance} rec=on, pruned inputs",
+                    f"{CLEANUP},{prune_pipeline(ratio, importance, 'on', 'pruned')}",
+                    "prune", ratio, importance, "on",
+                )  # fmt: skip
+            )
     if args.compose:
         prune = prune_pipeline(COMPOSE_RATIO)
         variants += [
@@ -373,12 +388,13 @@ def measure_quality(files: ModelFiles, variants: list[Variant], test_inputs: dic
 
 
 def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dict[str, Any], batches: tuple[int, ...],
-                    runs: int) -> None:  # fmt: skip
-    """Interleaved medians per batch, 1 thread, one session per variant."""
+                    runs: int) -> str:  # fmt: skip
+    """Interleaved medians per batch, 1 thread, one session per variant; returns a line on the machine's load."""
     from onnxpq.core.session import make_session
 
     timed = [v for v in variants if v.ok]
     sessions = [make_session(v.path, threads=THREADS) for v in timed]
+    load_before, others_before = os.getloadavg()[0], other_benchmarks()
     for batch in batches:
         feed = _first(test_inputs, batch)
         logger.info("%s: latency, %d thread, batch %d, %d variants x %d rounds", files.name, THREADS, batch,
@@ -395,6 +411,25 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
         for variant, bucket in zip(timed, times, strict=True):
             variant.latency_ms[batch] = statistics.median(bucket)
     del sessions
+    others = sorted(set(others_before) | set(other_benchmarks()))
+    load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the latency rounds"
+    return load + (f"; OTHER BENCHMARKS RAN MEANWHILE: {', '.join(others)}" if others else "; no other benchmark ran")
+
+
+def other_benchmarks() -> list[str]:
+    """Other processes running a ``tools/bench_*.py`` script (they disturb latency on this small machine)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        scripts = [a.decode(errors="replace") for a in argv if b"tools/bench_" in a and a.endswith(b".py")]
+        if scripts and "--child" not in [a.decode(errors="replace") for a in argv]:
+            found.append(f"{Path(scripts[0]).name} (pid {entry.name})")
+    return found
 
 
 # --------------------------------------------------------------------------- one model
@@ -411,6 +446,7 @@ class ModelRun:
     calib_samples: int
     variants: list[Variant]
     fp32_macs_report: int | None = None
+    load: str = ""
     notes: list[str] = field(default_factory=list)
 
     def get(self, label: str) -> Variant | None:
@@ -470,7 +506,9 @@ def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> 
             "versions; re-run for a clean table."
         )
     measure_quality(files, variants, test_inputs, labels)
-    measure_latency(files, variants, test_inputs, run.batches, args.runs)
+    run.load = measure_latency(files, variants, test_inputs, run.batches, args.runs)
+    if "OTHER BENCHMARKS" in run.load:
+        logger.warning("%s: %s", files.name, run.load)
     return run
 
 
@@ -647,7 +685,7 @@ def target_lines(run: ModelRun) -> list[str]:
         lines.append(
             f"- Latency ratio ÷ MAC ratio ≤ {MAX_LATENCY_PER_MAC} (1 thread, batch {batch}): "
             f"{'reached' if good == len(rows) else 'NOT reached'} for {good} of {len(rows)} pruned variants "
-            f"(range {min(r for _, r in rows):.2f}–{worst[1]:.2f}; worst {worst[0].label})"
+            f"(range {min(r for _, r in rows):.3f}–{worst[1]:.3f}; worst {worst[0].label})"
         )
     lines += composition_lines(run)
     return lines
@@ -669,7 +707,8 @@ def render_model(run: ModelRun, args: argparse.Namespace) -> str:
         f"- Variants: `onnxpq.optimize(target=\"{TARGET}\", pipeline=...)` with `CLEANUP = {CLEANUP}` before "
         f"each pipeline; the cpu target's channel multiple is 16",
         f"- Latency: {THREADS} thread, batch {', '.join(map(str, run.batches))}; {WARMUP} warm-up runs per session, "
-        f"then {args.runs} interleaved rounds (every variant once per round); medians, ratios of medians vs fp32",
+        f"then {args.runs} interleaved rounds (every variant once per round); medians, ratios of medians vs fp32; "
+        f"{run.load}",
         "",
     ]
     header = ["variant", "MACs ratio (report)", "MACs check (own count)"]
@@ -686,7 +725,7 @@ def render_model(run: ModelRun, args: argparse.Namespace) -> str:
                  _mac_check(run, variant)]  # fmt: skip
         for batch in run.batches:
             cells.append(_fmt(_latency_ratio(run, variant, batch), 3))
-            cells.append("–" if variant.kind == "fp32" or variant.quantized else _fmt(_per_mac(run, variant, batch), 2))
+            cells.append("–" if variant.kind == "fp32" or variant.quantized else _fmt(_per_mac(run, variant, batch), 3))
         cells.append(_verdict_cell(run, variant))
         cells += _quality_cells(run, variant)
         cells.append(_fmt(variant.size_bytes / 2**20 if variant.size_bytes is not None else None, 3))
@@ -811,6 +850,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--importance", nargs="+", default=["l1", "activation"],
                         choices=["l1", "l2", "bn-scale", "activation"],
                         help="importance criteria, each with reconstruction on and off (default l1 activation)")  # fmt: skip
+    parser.add_argument("--no-pruned-inputs", dest="pruned_inputs", action="store_false",
+                        help="leave out the reconstruct_inputs=pruned variant (sequential refit) of each ratio")  # fmt: skip
     parser.add_argument("--no-compose", dest="compose", action="store_false",
                         help="leave out the prune + quantize composition rows")  # fmt: skip
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the produced models there")
