@@ -26,12 +26,14 @@ from onnxpq.core.context import PassContext
 from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.registry import register_pass
 from onnxpq.errors import PipelineError
-from onnxpq.passes.quantize.affine import sqnr_db
 from onnxpq.passes.quantize.qdq import NameAllocator, add_initializer
 
 __all__ = ["QuantizeGatherPass"]
 
 logger = logging.getLogger(__name__)
+
+#: Rows quantized at a time (keeps the pass's float work small on large vocabularies).
+_CHUNK_ROWS = 4096
 
 
 def _gathers_of(value: ir.Value) -> list[ir.Node] | None:
@@ -93,11 +95,19 @@ class QuantizeGatherPass(OnnxpqPass):
     def _rewrite(graph: ir.Graph, names: NameAllocator, table: ir.Value, gathers: list[ir.Node]) -> float | None:
         weights = table.const_value.numpy()
         float_type = weights.dtype
-        rows = weights.astype(np.float64)
-        scale = np.max(np.abs(rows), axis=1) / 127.0
-        scale = np.where(scale > 0, scale, 1.0)
-        quantized = np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8)
-        error = sqnr_db(rows, quantized * scale[:, None])
+        quantized = np.empty(weights.shape, dtype=np.int8)
+        scale = np.empty(weights.shape[0], dtype=np.float64)
+        signal = noise = 0.0
+        for start in range(0, weights.shape[0], _CHUNK_ROWS):  # bounded float work, whatever the table size
+            rows = weights[start : start + _CHUNK_ROWS].astype(np.float32)
+            row_scale = np.max(np.abs(rows), axis=1).astype(np.float64) / 127.0
+            row_scale = np.where(row_scale > 0, row_scale, 1.0)
+            q = np.clip(np.round(rows / row_scale[:, None].astype(np.float32)), -127, 127)
+            quantized[start : start + _CHUNK_ROWS] = q
+            scale[start : start + _CHUNK_ROWS] = row_scale
+            signal += float(np.sum(np.square(rows, dtype=np.float64)))
+            noise += float(np.sum(np.square(rows - q * row_scale[:, None].astype(np.float32), dtype=np.float64)))
+        error = float("inf") if noise == 0.0 else 10.0 * np.log10(signal / noise)
         q_table = add_initializer(graph, names, f"{table.name}_quantized", quantized)
         s_table = add_initializer(graph, names, f"{table.name}_row_scale", scale[:, None].astype(float_type))
         for node in gathers:
