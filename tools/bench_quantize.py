@@ -23,7 +23,8 @@ Variants of every model:
   MatMul/Gemm-dominated models only: a model with a Conv node is a CNN, where
   dynamic quantization becomes ConvInteger (3.5x *slower* than fp32 on this CPU,
   REFERENCES.md); ``--all-variants`` runs it anyway;
-* ``onnxpq-cpu``: the cpu target's default pipeline; ``onnxpq-gpu`` and
+* ``onnxpq-cpu``: the cpu target's default pipeline (whatever quantization it
+  chooses: static QDQ, dynamic for MatMul, ...); ``onnxpq-gpu`` and
   ``onnxpq-vbit``: the gpu and vbit targets' default pipelines. Those two targets'
   hardware is not here: their accuracy/fidelity is measured in onnxruntime on the
   CPU (QDQ simulates the arithmetic), and their latency is the onnxpq report's
@@ -32,7 +33,11 @@ Variants of every model:
 Both onnxruntime tools get ``onnxruntime.quantization.shape_inference.quant_pre_process``
 first, because ``quantize_static``/``quantize_dynamic`` log "Please consider to
 run pre-processing before quantization" when the model has not been through it
-(onnxruntime's recommended flow); its time counts as tool time.
+(onnxruntime's recommended flow); its time counts as tool time. Where its
+default symbolic shape inference fails ("Incomplete symbolic shape inference",
+the MiniLM and BERT exports), the first of ``auto_merge=True`` and
+``skip_symbolic_shape=True`` that works is used (probed once per model, untimed,
+and said in the model's notes).
 
 The quantization step. Every tool run happens in a fresh subprocess under
 ``/usr/bin/time -v`` (wall time and "Maximum resident set size" = peak RSS),
@@ -54,6 +59,10 @@ onnxpq-cpu, onnxpq-gpu, onnxpq-vbit per round), medians. What each process does:
   ``/usr/bin/time -v`` (reported separately; its report gives the bops and the
   estimated latencies) and its output is checked to be byte-identical to the
   pipeline-only run's.
+
+The pipeline text each onnxpq run reports is listed under the model's tables
+(the targets' default pipelines change as onnxpq develops), and a change of
+onnxpq's sources while the tools ran is flagged in the notes.
 
 Both tools get the same calibration samples: the first ``--calib-samples``
 (default 128) of ``<name>_calib.npz``, written to one ``.npz`` in the work folder.

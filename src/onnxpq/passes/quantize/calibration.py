@@ -235,6 +235,7 @@ def _calibrate_group(
         for name, out in zip(group, batch, strict=True):
             extremes[name].update(out)
         counter.advance(1)
+        del batch, out  # let this batch go before the generator runs the next one
     if method == "minmax":
         return {name: _minmax_range(extremes[name], symmetric) for name in group}
     histograms = {
@@ -246,6 +247,7 @@ def _calibrate_group(
                 if name in histograms:
                     histograms[name].add(out)
             counter.advance(1)
+            del batch, out  # as above: one batch of activations at a time
     else:  # every range is degenerate: the second pass has nothing to do
         counter.advance(plan.batches)
     return {
