@@ -56,7 +56,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -67,6 +66,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench_machine import machine_lines
 
 logger = logging.getLogger("bench_io_memory")
 
@@ -319,32 +320,6 @@ def verify_outputs(model_path: Path, a_out: Path, b_out: Path, side: int) -> lis
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine_lines() -> list[str]:
-    import onnx
-    import onnx_ir
-    import onnxruntime
-
-    cpu = "unknown"
-    mem = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"- Machine: {platform.platform()}; nproc {nproc}; CPU {cpu}; memory {mem}",
-        f"- Python {platform.python_version()}, onnx {onnx.__version__}, onnx-ir {onnx_ir.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}",
-    ]
 
 
 def _fmt(value: float | None, digits: int) -> str:

@@ -78,7 +78,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -89,6 +88,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench_machine import machine_lines
 from typing import Any
 
 logger = logging.getLogger("bench_prune")
@@ -530,38 +531,6 @@ def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> 
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine_lines() -> list[str]:
-    import numpy
-    import onnx
-    import onnx_ir
-    import onnxruntime
-
-    import onnxpq
-
-    cpu, mem = "unknown", "unknown"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
-        if "avx512_vnni" in flags:
-            cpu += " (AVX-512 VNNI)"
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"- Machine: {platform.platform()}; nproc {nproc}; CPU {cpu}; memory {mem}",
-        f"- Python {platform.python_version()}, onnx {onnx.__version__}, onnx-ir {onnx_ir.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, onnxpq {onnxpq.__version__}",
-    ]
 
 
 def _fmt(value: float | None, digits: int, suffix: str = "") -> str:

@@ -109,7 +109,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -120,6 +119,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench_machine import machine_lines
 from typing import Any
 
 logger = logging.getLogger("bench_quantize")
@@ -793,43 +794,6 @@ def _onnxpq_calibration_cap() -> int | None:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine_lines() -> list[str]:
-    import numpy
-    import onnx
-    import onnx_ir
-    import onnxruntime
-
-    import onnxpq
-
-    cpu, mem = "unknown", "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = ""
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-        if "avx512_vnni" in flags.split():
-            cpu += " (AVX-512 VNNI)"
-        elif "avx_vnni" in flags.split():
-            cpu += " (AVX-VNNI)"
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"- Machine: {platform.platform()}; nproc {nproc}; CPU {cpu}; memory {mem}",
-        f"- Python {platform.python_version()}, onnx {onnx.__version__}, onnx-ir {onnx_ir.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, onnxpq {onnxpq.__version__}",
-    ]
 
 
 def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
