@@ -6,7 +6,8 @@ In the manner of LLVM's ``-verify-each`` and MLIR's pass instrumentation:
 * :class:`NumericalCheck` — for passes declared exact, the model before and
   after the pass run on the same sample inputs in onnxruntime; every output
   must satisfy ``|after - before| <= atol + rtol * max|before|``;
-* :class:`ProgressDisplay` — one status line per pass on a terminal.
+* :class:`ProgressDisplay` — one status line per pass on a terminal (the same
+  rules as :mod:`onnxpq.core.progress`).
 
 Timing and node/parameter/size deltas are recorded by the manager itself
 (:class:`PassRecord`), since every report needs them.
@@ -15,7 +16,6 @@ Timing and node/parameter/size deltas are recorded by the manager itself
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from onnxpq.analysis.model_inputs import synthesize_inputs
 from onnxpq.core.pass_base import OnnxpqPass
+from onnxpq.core.progress import progress_allowed
 from onnxpq.core.session import IN_MEMORY_LIMIT_BYTES, has_external_data, make_session, run_in_batches
 from onnxpq.core.verify import StructureError, verify_structure
 
@@ -204,13 +205,16 @@ class NumericalCheck:
 
 
 class ProgressDisplay:
-    """A status line per pass on a terminal; silent when not a tty or when CI is set."""
+    """A status line per pass on a terminal; silent when not a tty, in CI, or with the progress switch off.
+
+    See :mod:`onnxpq.core.progress` for the switch (``-q``) and the bars of long steps.
+    """
 
     def __init__(self, total: int, stream: IO[str] | None = None) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.index = 0
-        self.enabled = self.stream.isatty() and not os.environ.get("CI")
+        self.enabled = progress_allowed(self.stream)
 
     def before_pass(self, pass_: OnnxpqPass, model: ir.Model, record: PassRecord) -> None:
         self.index += 1
