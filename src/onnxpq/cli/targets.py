@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxpq.targets.profile import builtin_targets, load_target
+    from onnxpq.targets.profile import builtin_targets, load_target, plugin_targets
 
     if args.action == "show":
         if not args.name:
@@ -27,4 +27,6 @@ def run(args: argparse.Namespace) -> int:
     for name in builtin_targets():
         target = load_target(name)
         print(f"{name:8} {target.description}")
+    for name, target in sorted(plugin_targets().items()):
+        print(f"{name:8} {target.description}  [{target.source}]")
     return EXIT_OK

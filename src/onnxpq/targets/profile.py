@@ -18,7 +18,9 @@ Schema (all tables required, defaults in brackets)::
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import sys
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Target", "QuantizeSpec", "SparsitySpec", "CostSpec", "load_target", "builtin_targets"]
+__all__ = [
+    "Target", "QuantizeSpec", "SparsitySpec", "CostSpec", "load_target", "builtin_targets", "plugin_targets",
+    "target_names",
+]
+
+logger = logging.getLogger(__name__)
 
 _GRANULARITIES = ("per-tensor", "per-channel", "per-group")
 _ACTIVATION_TYPES = ("uint8", "int8")
@@ -235,17 +242,54 @@ def builtin_targets() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+@functools.cache
+def plugin_targets() -> dict[str, Target]:
+    """Targets installed by plugins (entry-point group ``onnxpq.targets``), by name.
+
+    A plugin target whose profile does not load, or whose name is a built-in's,
+    is a WARNING naming it and is left out (see :mod:`onnxpq.core.registry`).
+    """
+    from onnxpq.core.registry import plugin_target_paths
+
+    builtins = set(builtin_targets())
+    found: dict[str, Target] = {}
+    for name, entry in plugin_target_paths().items():
+        if name in builtins:
+            logger.warning("skipping the target plugin '%s' (%s): '%s' is a built-in target", name, entry.origin, name)
+            continue
+        try:
+            found[name] = _parse(_read_toml(entry.path.read_text(), f"'{name}' ({entry.origin})"),
+                                 f"'{name}' ({entry.origin})")
+        except (TargetError, OSError, UnicodeDecodeError) as exc:
+            logger.warning("skipping the broken target plugin '%s': %s", name, exc)
+    return found
+
+
+def target_names() -> list[str]:
+    """Names ``-t`` accepts besides paths: the built-ins, then the plugins' targets."""
+    return builtin_targets() + sorted(plugin_targets())
+
+
+def _read_toml(raw: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"target {source}: invalid TOML ({exc})") from exc
+
+
 def load_target(name_or_path: str | Path) -> Target:
-    """A built-in target by name (``cpu``, ``gpu``, ``vbit``) or a user's TOML file by path."""
+    """A built-in target by name (``cpu``, ``gpu``, ``vbit``), a plugin's target by name, or a TOML file by path."""
     text = str(name_or_path)
     if text in builtin_targets():
         source = f"'{text}' (built-in)"
         raw = resources.files("onnxpq.targets").joinpath(f"{text}.toml").read_text()
+    elif text in plugin_targets():
+        return plugin_targets()[text]
     else:
         path = Path(text)
         if not path.is_file():
             raise TargetError(
-                f"unknown target '{text}': not a built-in ({', '.join(builtin_targets())}) and no such file"
+                f"unknown target '{text}': not a known target ({', '.join(target_names())}) and no such file"
             )
         source = str(path)
         try:
