@@ -110,3 +110,33 @@ def test_bar_closes_its_line_when_the_step_raises() -> None:
         raise RuntimeError("boom")
     assert stream.getvalue().endswith("\n")
     assert "1/4" in stream.getvalue()
+
+
+def _tiny_relu_model():  # noqa: ANN202 - onnx_ir.Model
+    import onnx.parser
+    import onnx_ir as ir
+
+    proto = onnx.parser.parse_model(
+        '<ir_version: 10, opset_import: ["" : 21]>\ng (float[N,4] x) => (float[N,4] y) { y = Relu(x) }'
+    )
+    return ir.from_proto(proto)
+
+
+@pytest.mark.parametrize("ci", [None, "true"])
+def test_calibration_draws_a_bar_on_a_terminal_only_outside_ci(monkeypatch: pytest.MonkeyPatch, ci: str | None) -> None:
+    import numpy as np
+
+    from onnxpq.passes.quantize.calibration import calibrate
+
+    if ci is not None:
+        monkeypatch.setenv("CI", ci)
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    ranges = calibrate(_tiny_relu_model(), ["y"], {"x": x}, batch_size=8)
+    assert ranges["y"].hi > 0
+    if ci is None:
+        assert "calibration [" in terminal.getvalue()
+        assert "5/5" in terminal.getvalue()  # 40 samples / 8 per batch, one minmax pass
+    else:
+        assert terminal.getvalue() == ""

@@ -109,6 +109,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from onnxpq.core.progress import ProgressBar
+from onnxpq.core.progress import progress as progress_bar
 from onnxpq.errors import DataError, PipelineError
 from onnxpq.passes.quantize.affine import asymmetric_params, dequantize, quantize
 
@@ -197,15 +199,16 @@ def calibrate(
     values = _main_graph_values(model, names)
     groups = [names[i : i + max_tensors_per_run] for i in range(0, len(names), max_tensors_per_run)]
     external_folder = _folder_of_serialised_external_tensors(model)
-    counter = _Progress(progress, passes=1 if method == "minmax" else 2, groups=len(groups))
     results: dict[str, TensorRange] = {}
-    for group in groups:  # one session at a time: the previous one is released before the next is built
-        results.update(
-            _calibrate_group(
-                model, [values[name] for name in group], inputs, external_folder, counter,
-                method=method, percentile=percentile, bins=bins, bits=bits, symmetric=symmetric, batch_size=batch_size,
+    with progress_bar("calibration") as bar:  # a terminal bar; silent in CI, into a pipe, or with -q
+        counter = _Progress(progress, passes=1 if method == "minmax" else 2, groups=len(groups), bar=bar)
+        for group in groups:  # one session at a time: the previous one is released before the next is built
+            results.update(
+                _calibrate_group(
+                    model, [values[name] for name in group], inputs, external_folder, counter,
+                    method=method, percentile=percentile, bins=bins, bits=bits, symmetric=symmetric, batch_size=batch_size,
+                )
             )
-        )
     for name in names:
         logger.debug("calibrated %s: [%g, %g]", name, results[name].lo, results[name].hi)
     return {name: results[name] for name in names}
@@ -260,13 +263,14 @@ def _calibrate_group(
 
 @dataclass
 class _Progress:
-    """Counts onnxruntime runs (groups x passes x batches) and reports them to the caller's callback."""
+    """Counts onnxruntime runs (groups x passes x batches); reports them to the caller's callback and the terminal bar."""
 
     callback: Callable[[int, int], None] | None
     passes: int
     groups: int
     total: int = 0
     done: int = 0
+    bar: ProgressBar | None = None
 
     def start(self, plan: _BatchPlan) -> None:
         if not self.total:
@@ -278,6 +282,8 @@ class _Progress:
 
     def advance(self, runs: int) -> None:
         self.done += runs
+        if self.bar is not None:
+            self.bar.update(self.done, self.total)
         if self.callback is not None:
             self.callback(self.done, self.total)
 
