@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
         target = load_target(name)
         print(f"{name:8} {target.description}")
     for name, target in sorted(plugin_targets().items()):
-        print(f"{name:8} {target.description}  [{target.source}]")
+        print(f"{name:8} {target.description}  [plugin]")
     return EXIT_OK

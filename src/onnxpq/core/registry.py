@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import re
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -52,7 +53,7 @@ TARGET_GROUP = "onnxpq.targets"
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _REGISTRY: dict[str, type[OnnxpqPass]] = {}
-#: Pass name -> "plugin <distribution> (<entry point>)" for passes that came from a plugin.
+#: Pass name -> "plugin <distribution>" for passes that came from a plugin.
 _ORIGINS: dict[str, str] = {}
 #: Non-empty once the pass plugins were looked up (a list, so that no ``global`` statement is needed).
 _PLUGINS_LOADED: list[bool] = []
@@ -90,7 +91,7 @@ def _entry_points(group: str) -> list[metadata.EntryPoint]:
 def _describe(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     name = getattr(dist, "name", None) if dist is not None else None
-    return f"plugin {name} ({ep.name} = {ep.value})" if name else f"plugin {ep.name} = {ep.value}"
+    return f"plugin {name}" if name else f"plugin {ep.value}"
 
 
 def _register_plugin_pass(ep: metadata.EntryPoint) -> None:
@@ -132,7 +133,7 @@ def registered_passes() -> dict[str, type[OnnxpqPass]]:
 
 
 def pass_origin(name: str) -> str:
-    """Where a registered pass comes from: ``built-in`` or ``plugin <distribution> (...)``."""
+    """Where a registered pass comes from: ``built-in`` or ``plugin <distribution>``."""
     _load_pass_plugins()
     return _ORIGINS.get(name, "built-in")
 
@@ -146,18 +147,13 @@ def get_pass_class(name: str) -> type[OnnxpqPass]:
         raise PipelineError(f"unknown pass '{name}'; valid passes: {', '.join(passes)}") from None
 
 
+@dataclass(frozen=True)
 class PluginTarget:
     """A target profile offered by a plugin: its ``-t`` name, TOML path and where it came from."""
 
-    __slots__ = ("name", "path", "origin")
-
-    def __init__(self, name: str, path: Path, origin: str) -> None:
-        self.name = name
-        self.path = path
-        self.origin = origin
-
-    def __repr__(self) -> str:
-        return f"PluginTarget({self.name!r}, {str(self.path)!r}, {self.origin!r})"
+    name: str
+    path: Path
+    origin: str
 
 
 def _plugin_target(ep: metadata.EntryPoint) -> PluginTarget:
