@@ -22,20 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+
 from onnxpq.analysis.model_inputs import input_specs
 from onnxpq.core.context import PassContext
 from onnxpq.core.manager import PassManager
 from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
-from onnxpq.core.session import has_external_data, make_session, run_in_batches
+from onnxpq.core.session import IN_MEMORY_LIMIT_BYTES, has_external_data, make_session, run_in_batches
 from onnxpq.errors import DataError, OutputError
 from onnxpq.io import external_files, load_model, stage_model, write_text_atomic
 from onnxpq.report.html import render_html
 from onnxpq.report.schema import build_report, report_json
 from onnxpq.search.fallback import FallbackResult, accuracy_drop, excludable, give_back_until_gate
+from onnxpq.search.payoff import PayoffResult, give_back_slow_nodes
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
-from onnxpq.validation.figures import PairFigures, measure_pair
+from onnxpq.validation.figures import PairFigures, latency_feed, measure_pair
 
 __all__ = ["OptimizeResult", "ValidateResult", "optimize", "validate"]
 
@@ -131,6 +134,38 @@ def _check_gate_possible(model: Any, dataset: Dataset, max_accuracy_drop: float 
         )
 
 
+def _fit_payoff(
+    model: Any,
+    optimized: Any,
+    passes: list[OnnxpqPass],
+    records: list[Any],
+    dataset: Dataset,
+    target: Target,
+    latency_batch: int,
+    threads: int,
+    latency_runs: int,
+    make_manager: Any,
+) -> PayoffResult | None:
+    """Give back quantized nodes whose integer kernels make the model slower, measured (None: nothing to do)."""
+    quantized = [name for record in records for name in record.details.get("quantized_node_names", [])]
+    if not quantized or not excludable(passes):
+        return None
+    if target.providers[0] not in ort.get_available_providers():
+        logger.info("int8 payoff: %s is not available here; nothing measured", target.providers[0])
+        return None
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if has_external_data(model) or external_files(model) or weight_bytes > IN_MEMORY_LIMIT_BYTES // 2:
+        logger.info("int8 payoff: model too large to time variants in memory; quantized nodes kept as they are")
+        return None
+    session = make_session(model, providers=target.providers, threads=threads)
+    feed, _ = latency_feed(dataset, session.get_inputs(), latency_batch)
+    return give_back_slow_nodes(
+        model, passes, optimized, records, quantized, feed,
+        make_manager=lambda run: make_manager(run, False), providers=target.providers, threads=threads,
+        budget_s=0.06 * latency_runs, min_rounds=min(30, latency_runs),  # --latency-runs sets the effort
+    )
+
+
 def _fit_gate(
     model: Any,
     optimized: Any,
@@ -181,6 +216,7 @@ def optimize(
     latency_batch: int = 1,
     threads: int = 1,
     progress: bool = True,
+    payoff: bool | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and write it to ``output``.
 
@@ -198,6 +234,9 @@ def optimize(
         latency_batch: samples per timed run, for models with a batch axis.
         threads: onnxruntime intra-op threads for latency.
         progress: per-pass status line on a terminal.
+        payoff: measure whether each quantized node pays on the target and give the slow ones
+            back to float (:mod:`onnxpq.search.payoff`); default: when the target's latency is
+            measured here (its cost model is ``measured`` and its provider is available).
 
     Raises:
         OnnxpqError: bad input (nothing written); see :mod:`onnxpq.errors`.
@@ -223,9 +262,18 @@ def optimize(
 
     manager = make_manager(passes)
     fallback: FallbackResult | None = None
+    paid: PayoffResult | None = None
     with PassContext(target=chosen, calibration=calib.inputs):
         result = manager(ir_model)
         out_model, records = result.model, manager.records
+        if payoff is None:
+            payoff = chosen.cost.model == "measured"
+        if payoff:
+            paid = _fit_payoff(
+                ir_model, out_model, passes, records, dataset, chosen, latency_batch, threads, latency_runs, make_manager
+            )
+            if paid is not None:
+                out_model, records, passes = paid.model, paid.records, paid.passes
         if max_accuracy_drop is not None:
             fallback = _fit_gate(ir_model, out_model, passes, records, dataset, max_accuracy_drop, make_manager)
             if fallback is not None:
@@ -254,6 +302,8 @@ def optimize(
             gate=gate,
         )
         the_report["data"]["calibration"] = {"source": calib.source, "samples": calib.samples}
+        if paid is not None:
+            the_report["int8_payoff"] = paid.to_dict(batch=latency_batch, threads=threads, provider=chosen.providers[0])
         staged.commit()
     _write_reports(the_report, report, html, model_path)
     if not gate["passed"]:

@@ -25,6 +25,9 @@ def add_arguments(opt: argparse.ArgumentParser) -> None:
     opt.add_argument("--latency-runs", type=int, default=50, help="timed runs per model [50]")
     opt.add_argument("--latency-batch", type=int, default=1, help="samples per timed run (models with a batch axis) [1]")
     opt.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency [1]")
+    opt.add_argument("--no-payoff", dest="payoff", action="store_false", default=None,
+                     help="keep every quantized node even where its integer kernel is measured slower than float "
+                          "(the payoff step's choice otherwise depends on timing)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         latency_batch=positive(args.latency_batch, "--latency-batch"),
         threads=positive(args.threads, "--threads"),
         progress=progress_enabled(args),
+        payoff=args.payoff,
     )
     if not args.quiet:
         report = result.report

@@ -36,7 +36,7 @@ from onnxpq.validation.data import Dataset
 from onnxpq.validation.fidelity import is_classifier_output
 from onnxpq.validation.figures import top1_accuracy
 
-__all__ = ["FallbackResult", "excludable", "accuracy_drop", "give_back_until_gate"]
+__all__ = ["FallbackResult", "excludable", "accuracy_drop", "give_back_until_gate", "with_excluded"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def excludable(passes: Sequence[OnnxpqPass]) -> list[int]:
     return [i for i, p in enumerate(passes) if not p.exact and "exclude_nodes" in p.options()]
 
 
-def _with_excluded(passes: Sequence[OnnxpqPass], names: Sequence[str]) -> list[OnnxpqPass]:
+def with_excluded(passes: Sequence[OnnxpqPass], names: Sequence[str]) -> list[OnnxpqPass]:
+    """``passes`` with ``names`` added to every excludable pass's ``exclude_nodes``."""
     result = []
     for index, pass_ in enumerate(passes):
         if index in excludable(passes):
@@ -107,7 +108,7 @@ def give_back_until_gate(
     harm: dict[str, float] = {}
     for index, name in enumerate(quantized):
         others = [n for n in quantized if n != name]
-        manager = make_manager(_with_excluded(passes, others))
+        manager = make_manager(with_excluded(passes, others))
         only = manager(model).model
         harm[name] = _noise(reference, _outputs(only, dataset))
         logger.info("accuracy gate: harm of '%s' alone = %.4g (%d/%d)", name, harm[name], index + 1, len(quantized))
@@ -116,7 +117,7 @@ def give_back_until_gate(
     result = FallbackResult(model=model, records=[], harm=harm)
     for end in range(group, len(ranked) + group, group):
         given_back = ranked[: min(end, len(ranked))]
-        tried = _with_excluded(passes, given_back)
+        tried = with_excluded(passes, given_back)
         manager = make_manager(tried)
         candidate = manager(model).model
         drop = accuracy_drop(reference, _outputs(candidate, dataset), dataset)

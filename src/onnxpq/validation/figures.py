@@ -35,7 +35,7 @@ from onnxpq.validation.data import Dataset
 from onnxpq.validation.fidelity import Fidelity, compare_outputs
 from onnxpq.validation.kernels import KernelCensus, kernel_census
 
-__all__ = ["Latency", "ModelFigures", "PairFigures", "measure_pair", "top1_accuracy"]
+__all__ = ["Latency", "ModelFigures", "PairFigures", "latency_feed", "measure_pair", "top1_accuracy"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def top1_accuracy(output: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=-1) == labels))
 
 
-def _latency_feed(dataset: Dataset, model_inputs: list[ort.NodeArg], batch: int) -> tuple[dict[str, np.ndarray], int]:
+def latency_feed(dataset: Dataset, model_inputs: list[ort.NodeArg], batch: int) -> tuple[dict[str, np.ndarray], int]:
     """One inference's feed and its batch: ``batch`` samples on a symbolic batch axis, else the model's own."""
     feed, used = {}, 1
     args = {i.name: i for i in model_inputs}
@@ -181,7 +181,7 @@ def measure_pair(
 
     measured = target.cost.model == "measured" and target.providers[0] in ort.get_available_providers()
     if measured:
-        feeds_batches = [_latency_feed(dataset, s.get_inputs(), latency_batch) for s in sessions]
+        feeds_batches = [latency_feed(dataset, s.get_inputs(), latency_batch) for s in sessions]
         feeds = [feed for feed, _ in feeds_batches]
         times = _interleaved_latency(sessions, feeds, latency_runs, warmup)
         batch_used = feeds_batches[0][1]
