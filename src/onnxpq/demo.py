@@ -31,8 +31,12 @@ def run_demo(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; write ``demo-digits.onnx``, ``demo-report.json`` and ``demo-report.html`` in ``out_dir``."""
-    if not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: no such folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the folder ({exc.strerror})") from exc
     data = resources.files("onnxpq").joinpath("data")
     with ExitStack() as stack:
         model = stack.enter_context(resources.as_file(data.joinpath(DEMO_MODEL)))
