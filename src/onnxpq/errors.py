@@ -12,6 +12,7 @@ __all__ = [
     "OnnxpqError",
     "ModelLoadError",
     "UnsafeModelError",
+    "NonFiniteWeightsError",
     "PipelineError",
     "PassFailed",
     "TargetError",
@@ -68,3 +69,7 @@ class GateFailed(OnnxpqError):
     """The job completed but a gate (accuracy drop, latency budget) did not hold."""
 
     exit_code = 1
+
+
+class NonFiniteWeightsError(ModelLoadError):
+    """A weight holds NaN or Inf values (refused before any pass quantizes it, unless asked to warn)."""

@@ -41,7 +41,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxpq.errors import ModelLoadError, OutputError, UnsafeModelError
+from onnxpq.errors import ModelLoadError, NonFiniteWeightsError, OnnxpqError, OutputError, UnsafeModelError
 
 __all__ = [
     "ExternalReference",
@@ -54,6 +54,9 @@ __all__ = [
     "write_text_atomic",
     "stage_model",
     "StagedModel",
+    "NONFINITE_POLICIES",
+    "nonfinite_tensors",
+    "check_finite_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,6 +211,49 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path) -> list[Externa
     return refs
 
 
+#: TensorProto field holding the values of each type when ``raw_data`` is not used (counts checked for strings only).
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_inline_tensors(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse tensors whose type is unknown, dims negative, or stored bytes disagree with dims and type.
+
+    onnx's checker misses some of these (``raw_data`` longer than the shape
+    needs) or words them for the onnx developer; onnx-ir and onnxruntime then
+    fail further in with a message naming neither the tensor nor the fix.
+    External tensors are checked by :func:`_check_external_data`.
+    """
+    for tensor, where in _iter_tensors(proto):
+        name = tensor.name or "<unnamed>"
+        what = f"{path}: tensor '{name}' ({where})"
+        try:
+            dtype = ir.DataType(tensor.data_type)
+        except ValueError:
+            raise ModelLoadError(f"{what} has unknown data type {tensor.data_type}") from None
+        if dtype == ir.DataType.UNDEFINED:
+            raise ModelLoadError(f"{what} has data type UNDEFINED; set its element type")
+        if any(dim < 0 for dim in tensor.dims):
+            raise ModelLoadError(f"{what} has a negative dimension {list(tensor.dims)}")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        if dtype == ir.DataType.STRING:
+            if len(tensor.string_data) != count:
+                raise ModelLoadError(f"{what} holds {len(tensor.string_data)} strings but its shape {list(tensor.dims)} needs {count}")
+            continue
+        expected = (count * dtype.bitwidth + 7) // 8
+        if tensor.HasField("raw_data"):
+            if len(tensor.raw_data) != expected:
+                raise ModelLoadError(
+                    f"{what} holds {len(tensor.raw_data)} bytes of raw_data but its shape {list(tensor.dims)} "
+                    f"and type {dtype.name} need {expected}"
+                )
+        elif count > 0 and not any(len(getattr(tensor, field)) for field in _TYPED_FIELDS):
+            raise ModelLoadError(f"{what} holds no data but its shape {list(tensor.dims)} needs {count} values")
+
+
 @functools.lru_cache(maxsize=1)
 def max_supported_opset() -> int:
     """Highest default-domain opset both onnx and onnxruntime (this install) support.
@@ -301,6 +347,7 @@ def _check_header(proto: onnx.ModelProto, path: Path) -> None:
 
     check_nodes(list(proto.graph.node))
     _check_unique_names(proto.graph, path, "main graph")
+    _check_inline_tensors(proto, path)
 
 
 def _check_unique_names(graph: onnx.GraphProto, path: Path, where: str) -> None:
@@ -324,6 +371,23 @@ def _check_unique_names(graph: onnx.GraphProto, path: Path, where: str) -> None:
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 _check_unique_names(sub, path, f"{where} > node '{node.name}'.{attr.name}")
+
+
+def _refuse_sparse_initializers(proto: onnx.ModelProto, path: Path) -> None:
+    """onnx-ir does not read sparse initializers: refuse them by name rather than fail later on a 'dangling' input."""
+
+    def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from graphs(sub)
+
+    for graph in graphs(proto.graph):
+        for sparse in graph.sparse_initializer:
+            raise ModelLoadError(
+                f"{path}: sparse initializer '{sparse.values.name}' is not supported; store it as a dense initializer"
+            )
 
 
 class _DemoteToDebug(logging.Filter):
@@ -365,6 +429,7 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
         _check_external_data(proto, base_dir)
     except UnsafeModelError as exc:
         raise UnsafeModelError(f"{path}: {exc}") from exc
+    _refuse_sparse_initializers(proto, path)
     try:
         with _quiet_serde():
             model = ir.serde.deserialize_model(proto)
@@ -393,6 +458,85 @@ def _run_checker(path: Path) -> None:
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: the onnx checker refused the model: {first}") from exc
+
+
+#: What :func:`check_finite_weights` does with NaN/Inf weights: refuse (raise) or warn (log and go on).
+NONFINITE_POLICIES = ("refuse", "warn")
+
+#: Elements checked per step, so a multi-GiB external weight is scanned without a same-sized mask.
+_FINITE_CHUNK = 1 << 22
+
+
+def _constant_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    """Initializers of every graph, and TENSOR/TENSORS attributes in graphs, subgraphs and functions."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+    nodes = [*model.graph.all_nodes()]
+    for function in model.functions.values():
+        nodes.extend(function.all_nodes())
+    for node in nodes:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.TENSOR:
+                yield attr.value
+            elif attr.type == ir.AttributeType.TENSORS:
+                yield from attr.value
+
+
+def _count_nonfinite(tensor: ir.TensorProtocol) -> int:
+    if not tensor.dtype.is_floating_point() or tensor.size == 0:
+        return 0
+    flat = np.asarray(tensor.numpy()).reshape(-1)
+    bad = 0
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        bad += int(np.count_nonzero(~np.isfinite(flat[start : start + _FINITE_CHUNK])))
+    return bad
+
+
+def nonfinite_tensors(model: ir.Model) -> list[tuple[str, int]]:
+    """``(tensor name, count)`` of every constant float tensor holding NaN or Inf values, in model order.
+
+    Reads every float initializer and constant attribute (external tensors are
+    memory-mapped and scanned in chunks).
+    """
+    found = []
+    for tensor in _constant_tensors(model):
+        count = _count_nonfinite(tensor)
+        if count:
+            found.append((tensor.name or "<unnamed>", count))
+    return found
+
+
+def check_finite_weights(model: ir.Model, policy: str = "refuse", *, source: str | os.PathLike[str] = "") -> list[tuple[str, int]]:
+    """Refuse (``policy="refuse"``) or warn about (``"warn"``) NaN/Inf weights, before any pass quantizes them.
+
+    A NaN or Inf weight makes every quantization scale and every fidelity
+    figure meaningless, so by default it is an error naming the tensor.
+
+    Returns:
+        what :func:`nonfinite_tensors` found (empty when all weights are finite).
+
+    Raises:
+        NonFiniteWeightsError: ``policy`` is ``refuse`` and a weight is not finite.
+        OnnxpqError: ``policy`` is not one of :data:`NONFINITE_POLICIES`.
+    """
+    if policy not in NONFINITE_POLICIES:
+        raise OnnxpqError(f"--nonfinite-weights must be one of {', '.join(NONFINITE_POLICIES)}, got '{policy}'")
+    found = nonfinite_tensors(model)
+    if not found:
+        return found
+    name, count = found[0]
+    more = f" (and {len(found) - 1} more tensor(s))" if len(found) > 1 else ""
+    prefix = f"{source}: " if str(source) else ""
+    if policy == "refuse":
+        raise NonFiniteWeightsError(
+            f"{prefix}weight '{name}' has {count} non-finite (NaN/Inf) value(s){more}; "
+            "fix the model or pass --nonfinite-weights warn to go on"
+        )
+    for name, count in found:
+        logger.warning("%sweight '%s' has %d non-finite (NaN/Inf) value(s); going on as asked (--nonfinite-weights warn)", prefix, name, count)
+    return found
 
 
 def external_files(model: ir.Model) -> set[Path]:

@@ -16,6 +16,7 @@ the ranges were fitted to.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.core.session import IN_MEMORY_LIMIT_BYTES, has_external_data, make_session, run_in_batches
 from onnxpq.errors import DataError, OutputError
-from onnxpq.io import external_files, load_model, stage_model, write_text_atomic
+from onnxpq.io import check_finite_weights, external_files, load_model, stage_model, write_text_atomic
+from onnxpq.core.progress import progress_switch
 from onnxpq.report.html import render_html
+from onnxpq.report.layers import report_layers
 from onnxpq.report.schema import build_report, report_json
 from onnxpq.search.fallback import FallbackResult, accuracy_drop, excludable, give_back_until_gate
 from onnxpq.search.payoff import PayoffResult, give_back_slow_nodes
@@ -200,6 +203,21 @@ def _write_reports(report: dict[str, Any], json_path: PathLike | None, html_path
         write_text_atomic(html_path, render_html(report), protect=(protect,))
 
 
+def _progress_argument(job: Any) -> Any:
+    """Run ``job`` with the progress switch (:mod:`onnxpq.core.progress`) off when its ``progress`` argument is False.
+
+    True means automatic: bars on a terminal, never in CI or into a pipe.
+    """
+
+    @functools.wraps(job)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with progress_switch(None if kwargs.get("progress", True) else False):
+            return job(*args, **kwargs)
+
+    return run
+
+
+@_progress_argument
 def optimize(
     model: PathLike,
     output: PathLike,
@@ -216,7 +234,9 @@ def optimize(
     latency_batch: int = 1,
     threads: int = 1,
     progress: bool = True,
+    layer_errors: bool = True,
     payoff: bool | None = None,
+    nonfinite_weights: str = "refuse",
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and write it to ``output``.
 
@@ -233,7 +253,11 @@ def optimize(
         latency_runs: timed runs per model (interleaved).
         latency_batch: samples per timed run, for models with a batch axis.
         threads: onnxruntime intra-op threads for latency.
-        progress: per-pass status line on a terminal.
+        progress: per-pass status line and progress bars on a terminal (never in CI or into a pipe).
+        layer_errors: measure each layer's output error against the float reference for the
+            report's ``layers`` table (:mod:`onnxpq.report.layers`; capped in samples, layers and time).
+        nonfinite_weights: ``refuse`` (default) or ``warn`` when a weight holds NaN/Inf
+            (see :func:`onnxpq.io.check_finite_weights`).
         payoff: measure whether each quantized node pays on the target and give the slow ones
             back to float (:mod:`onnxpq.search.payoff`); default: when the target's latency is
             measured here (its cost model is ``measured`` and its provider is available).
@@ -247,6 +271,7 @@ def optimize(
     passes = parse_pipeline(pipeline_text)
     _check_outputs(model_path, out_path, report, html)
     ir_model = load_model(model_path)
+    check_finite_weights(ir_model, nonfinite_weights, source=model_path)
     dataset = _dataset(ir_model, data)
     _check_gate_possible(ir_model, dataset, max_accuracy_drop)
     if calibration is not None:
@@ -289,6 +314,10 @@ def optimize(
         if fallback is not None:
             gate["given_back"] = fallback.given_back
             gate["fallback"] = {"harm": fallback.harm, "drops": fallback.drops, "met": fallback.met}
+        layers = report_layers(
+            ir_model, out_model, passes, dataset,
+            harm=fallback.harm if fallback is not None else None, measure_error=layer_errors,
+        )
         the_report = build_report(
             command="optimize",
             input_path=str(model_path),
@@ -300,6 +329,7 @@ def optimize(
             figures=figures,
             dataset=dataset,
             gate=gate,
+            layers=layers,
         )
         the_report["data"]["calibration"] = {"source": calib.source, "samples": calib.samples}
         if paid is not None:
@@ -323,6 +353,7 @@ def validate(
     latency_runs: int = 50,
     latency_batch: int = 1,
     threads: int = 1,
+    layer_errors: bool = True,
 ) -> ValidateResult:
     """Measure ``model`` against ``reference`` on ``target`` (fidelity, accuracy, latency, size, cost)."""
     model_path, ref_path = Path(model), Path(reference)
@@ -343,6 +374,7 @@ def validate(
         ref_path, model_path, chosen, dataset, latency_runs=latency_runs, latency_batch=latency_batch, threads=threads
     )
     gate = _gate(figures, dataset, max_accuracy_drop)
+    layers = report_layers(ref_model, candidate, [], dataset, measure_error=layer_errors)
     the_report = build_report(
         command="validate",
         input_path=str(ref_path),
@@ -354,6 +386,7 @@ def validate(
         figures=figures,
         dataset=dataset,
         gate=gate,
+        layers=layers,
     )
     _write_reports(the_report, report, html, model_path)
     return ValidateResult(the_report)

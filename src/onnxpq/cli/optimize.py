@@ -28,6 +28,8 @@ def add_arguments(opt: argparse.ArgumentParser) -> None:
     opt.add_argument("--no-payoff", dest="payoff", action="store_false", default=None,
                      help="keep every quantized node even where its integer kernel is measured slower than float "
                           "(the payoff step's choice otherwise depends on timing)")
+    opt.add_argument("--nonfinite-weights", choices=("refuse", "warn"), default="refuse",
+                     help="a weight holding NaN/Inf: refuse the model (exit 2, naming the tensor) or warn and go on [refuse]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         threads=positive(args.threads, "--threads"),
         progress=progress_enabled(args),
         payoff=args.payoff,
+        nonfinite_weights=args.nonfinite_weights,
     )
     if not args.quiet:
         report = result.report

@@ -50,7 +50,7 @@ def make_session(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures surface as exceptions, onnxpq prints them in one line
     options.graph_optimization_level = optimization
     if optimized_model_path is not None:
         options.optimized_model_filepath = optimized_model_path
@@ -95,8 +95,13 @@ def run_in_batches(
         step = min(fixed) if fixed else batch_size
     results: list[list[np.ndarray]] = []
     for start in range(0, count, step):
-        if per_sample:
-            feed = {name: np.asarray(inputs[name][start]) for name in names}
+        if per_sample:  # arrays with the model input's rank are a batch of one; the others one sample
+            feed = {
+                name: np.asarray(inputs[name][start])
+                if name not in model_inputs or inputs[name].ndim != len(model_inputs[name].shape)
+                else inputs[name][start : start + 1]
+                for name in names
+            }
         else:
             feed = {name: inputs[name][start : start + step] for name in names}
         outputs = session.run(None, feed)

@@ -105,7 +105,7 @@ def latency_feed(dataset: Dataset, model_inputs: list[ort.NodeArg], batch: int) 
     for name, array in dataset.inputs.items():
         shape = args[name].shape if name in args else []
         if array.ndim == len(shape) + 1:
-            feed[name] = array[0]
+            feed[name] = np.asarray(array[0])  # a 0-d array: onnxruntime refuses numpy scalars
         elif shape and isinstance(shape[0], int):
             feed[name] = array[: shape[0]]
             used = max(used, shape[0])
