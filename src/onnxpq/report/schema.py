@@ -1,6 +1,9 @@
 """The JSON report (``schema: "onnxpq.report/1"``).
 
-Field names are part of the public interface: add, don't rename. Every
+Field names are part of the public interface: add, don't rename. ``layers``
+(one row per compute layer: shapes, params, MACs, precision, sparsity,
+channels kept, output error) and ``layer_error`` are documented in
+:mod:`onnxpq.report.layers`. Every
 figure says where it comes from: ``latency_ms.method`` names the measurement
 or the cost model behind an estimate, and ``cost_models`` lists the models
 used for each figure.
@@ -20,6 +23,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxpq.core.instruments import PassRecord
+from onnxpq.report.layers import LayerTable
 from onnxpq.targets.profile import Target
 from onnxpq.validation.data import Dataset
 from onnxpq.validation.figures import PairFigures
@@ -64,8 +68,13 @@ def build_report(
     figures: PairFigures,
     dataset: Dataset,
     gate: dict[str, Any],
+    layers: LayerTable | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report dictionary."""
+    """Assemble the report dictionary.
+
+    ``layers`` (:mod:`onnxpq.report.layers`) fills the fields ``layers`` (one row per
+    compute layer) and ``layer_error`` (how the per-layer error was measured, or why not).
+    """
     base, opt = figures.baseline, figures.optimized
     return {
         "schema": SCHEMA,
@@ -96,6 +105,8 @@ def build_report(
         },
         "fidelity": figures.fidelity.to_dict(),
         "passes": [r.to_dict() for r in records],
+        "layers": layers.rows if layers is not None else [],
+        "layer_error": layers.info if layers is not None else {"measured": 0, "skipped": "not computed"},
         "gate": gate,
         "cost_models": {
             "latency": opt.latency.method,
