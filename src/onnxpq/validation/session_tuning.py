@@ -58,6 +58,7 @@ __all__ = [
     "SessionSetting",
     "SessionTuning",
     "TuningRow",
+    "build_session_options",
     "make_recipe",
     "session_from_recipe",
     "tune_session",
@@ -199,7 +200,8 @@ def make_recipe(providers: Sequence[str], setting: SessionSetting) -> dict[str, 
     }
 
 
-def _options(session_options: Mapping[str, Any]) -> ort.SessionOptions:
+def build_session_options(session_options: Mapping[str, Any]) -> ort.SessionOptions:
+    """``onnxruntime.SessionOptions`` from a recipe's ``session_options`` (enum values by name, config entries)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     for key, value in session_options.items():
@@ -228,7 +230,7 @@ def session_from_recipe(model: str | os.PathLike[str], recipe: Mapping[str, Any]
         providers.append("CPUExecutionProvider")
         provider_options.append({})
     return ort.InferenceSession(
-        str(model), sess_options=_options(recipe.get("session_options", {})), providers=providers,
+        str(model), sess_options=build_session_options(recipe.get("session_options", {})), providers=providers,
         provider_options=provider_options,
     )
 
