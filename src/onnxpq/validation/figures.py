@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 from onnxpq.analysis.macs import ModelCost, model_cost
 from onnxpq.analysis.model_inputs import input_specs
+from onnxpq.core.progress import progress
 from onnxpq.core.session import make_session, run_in_batches
 from onnxpq.errors import ModelLoadError, OnnxpqError
 from onnxpq.io import load_model, model_size_bytes
@@ -125,11 +126,13 @@ def _interleaved_latency(
         for _ in range(warmup):
             session.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for bucket, session, feed in zip(times, sessions, feeds, strict=True):
-            start = time.perf_counter()
-            session.run(None, feed)
-            bucket.append((time.perf_counter() - start) * 1e3)
+    with progress("latency", total=runs) as bar:  # drawn between runs, outside the timed region
+        for _ in range(runs):
+            for bucket, session, feed in zip(times, sessions, feeds, strict=True):
+                start = time.perf_counter()
+                session.run(None, feed)
+                bucket.append((time.perf_counter() - start) * 1e3)
+            bar.advance()
     return times
 
 
