@@ -113,9 +113,21 @@ def build_report(
             "macs": "shape analysis per sample (batch 1)",
             "bops": "sum of MACs x weight bits x activation bits x density",
             "size_bytes": "bytes on disk, .onnx plus external data",
+            "layer_cost": _layer_cost_text(target.cost.model),
         },
         "environment": environment(),
     }
+
+
+def _layer_cost_text(model: str) -> str:
+    """What prices one layer for the planner under the target's ``[cost] model`` (analysis.cost_models)."""
+    texts = {
+        "measured": "measured: onnxruntime profiling of the layer alone on the target's execution provider (analysis.node_latency)",
+        "bops": "bops: MACs x weight bits x activation bits x density where zeros are skipped",
+        "macs": "macs: MACs x kept channels x density where zeros are skipped",
+        "weight_memory": "weight_memory: parameters x weight bits (+ bias at 32 bits)",
+    }
+    return texts.get(model, model)
 
 
 def _plain(value: Any) -> Any:

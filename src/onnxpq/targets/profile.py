@@ -13,7 +13,7 @@ Schema (all tables required, defaults in brackets)::
                 format = "qdq"  float_types = ["float32", "float16", "bfloat16"]
     [sparsity]  unstructured = "none"|"storage"|"compute"  n_m = [[2, 4]]
                 channel_multiple = 1
-    [cost]      model = "measured"|"bops"|"macs"  bops_per_second = 1e12
+    [cost]      model = "measured"|"bops"|"macs"|"weight_memory"  bops_per_second = 1e12
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _ACTIVATION_TYPES = ("uint8", "int8")
 _FORMATS = ("qdq",)
 _FLOAT_TYPES = ("float32", "float16", "bfloat16")
 _UNSTRUCTURED = ("none", "storage", "compute")
-_COST_MODELS = ("measured", "bops", "macs")
+_COST_MODELS = ("measured", "bops", "macs", "weight_memory")  # the per-layer models of analysis.cost_models
 
 
 @dataclass(frozen=True)
