@@ -19,9 +19,9 @@ their long option names::
     report = "build/report.json"
     html = "build/report.html"
 
-    [package]                            # one table per command: its own options, the same layout,
-    output = "build/bundle"              # read after the shared part (it wins)
-    tune-budget = 20
+    [package]                            # one table per command: its own options (flat, or in its own
+    output = "build/bundle"              # [package.gates] / [package.outputs]), read after the shared
+    tune-budget = 20                     # part (it wins)
 
 Precedence: an option typed on the command line > the command's table > the
 shared part > the option's default. "Typed" is detected generically (the CLI
@@ -288,7 +288,8 @@ def _collect(
 ) -> None:
     """Check and convert one level (the shared part, or a command's table) into ``into`` (key -> value)."""
     section_names = set(sections)
-    top_keys = {k for k, o in allowed.items() if o.table is None}
+    # a command's table may hold its gates and outputs flat too (it is short); the shared part keeps the layout
+    top_keys = set(allowed) if section is not None else {k for k, o in allowed.items() if o.table is None}
     for key, value in table.items():
         if key in (GATES, OUTPUTS):
             if not isinstance(value, dict):
