@@ -7,6 +7,17 @@ at once). Saving writes into a temporary folder beside the destination, fsyncs,
 checks the written model with the onnx checker *by path*, and renames the
 external data file first and the ``.onnx`` last.
 
+Crash safety of a save (a ``kill -9``, a full disk, a power cut after the
+fsyncs): the destination shows the old complete output or the new complete
+output, never a mix. The external data file is named after its content,
+``<name>.<16 hex of sha256>.data``, so the old ``.onnx`` can never pair with
+new data: the new data file appears beside the old one under a new name, the
+``.onnx`` rename switches atomically, then the old data file is removed. A
+save killed between those steps leaves the other output's data file (never
+referenced) and a hidden ``.onnxpq-tmp-<pid>-*`` staging folder; the next save
+to the same destination removes both (staging folders only when the process
+that made them is gone).
+
 External-data rules (an offending reference raises :class:`UnsafeModelError`),
 applied to initializers, sparse initializers, attribute tensors, subgraphs
 (If/Loop/Scan bodies at any depth) and functions alike:
@@ -27,8 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -54,6 +67,8 @@ __all__ = [
     "write_text_atomic",
     "stage_model",
     "StagedModel",
+    "STAGING_PREFIX",
+    "remove_stale_staging",
     "NONFINITE_POLICIES",
     "nonfinite_tensors",
     "check_finite_weights",
@@ -592,33 +607,82 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+#: Prefix of the hidden staging folders (and report temp files); ``<prefix><pid>-<random>``.
+STAGING_PREFIX = ".onnxpq-tmp-"
+
+
+def _data_file_pattern(dest_name: str) -> re.Pattern[str]:
+    """Names of the data files a save to ``dest_name`` writes (and the fixed name older versions wrote)."""
+    return re.compile(re.escape(dest_name) + r"(\.[0-9a-f]{16})?\.data")
+
+
+def _sha256_prefix(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove hidden staging folders and temp files in ``folder`` left by saves whose process is gone; return them.
+
+    Only ``.onnxpq-tmp-<pid>-*`` entries whose process no longer runs on this
+    machine are removed: a save in progress (another process) is left alone.
+    """
+    removed = []
+    for entry in Path(folder).glob(f"{STAGING_PREFIX}*"):
+        pid_text = entry.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if entry.is_symlink() or not pid_text.isdigit():
+            continue
+        if int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+        logger.info("removed a stale staging folder %s (its save was interrupted)", entry)
+    return removed
+
+
 class StagedModel:
     """A model written and checked in a temporary folder beside its destination, not yet visible.
 
     ``path`` is the staged ``.onnx`` (it runs in onnxruntime: its data file sits
     beside it under its final name). :meth:`commit` renames the data file,
-    then the ``.onnx``, into place; :meth:`discard` removes everything. Used as
-    a context manager it discards unless committed.
+    then the ``.onnx``, into place, then removes the data file of the output
+    it replaced; :meth:`discard` removes everything. Used as a context manager
+    it discards unless committed.
     """
 
-    def __init__(self, dest: Path, tmp_dir: Path, data_name: str, guarded: set[Path]) -> None:
+    def __init__(self, dest: Path, tmp_dir: Path, data_name: str | None, guarded: set[Path]) -> None:
         self.dest = dest
         self.tmp_dir = tmp_dir
         self.path = tmp_dir / dest.name
-        self._data_name = data_name
+        self.data_name = data_name
         self._guarded = guarded
         self.committed = False
 
     def commit(self) -> Path:
         """Move the staged files into place, the ``.onnx`` last; return the destination."""
         folder = self.dest.parent
-        tmp_data = self.tmp_dir / self._data_name
-        data_dest = folder / self._data_name
         try:
-            if tmp_data.exists():
-                os.replace(tmp_data, data_dest)
-            elif data_dest.exists() and data_dest.resolve() not in self._guarded:
-                data_dest.unlink()  # a stale data file from an earlier output would be misleading
+            if self.data_name is not None:
+                os.replace(self.tmp_dir / self.data_name, folder / self.data_name)
+                with contextlib.suppress(OSError):
+                    _fsync(folder)
             os.replace(self.path, self.dest)
             with contextlib.suppress(OSError):
                 _fsync(folder)
@@ -627,8 +691,21 @@ class StagedModel:
         finally:
             self.discard()
         self.committed = True
-        logger.info("wrote %s%s", self.dest, f" (+ {self._data_name})" if data_dest.exists() else "")
+        self._remove_replaced_data()
+        logger.info("wrote %s%s", self.dest, f" (+ {self.data_name})" if self.data_name else "")
         return self.dest
+
+    def _remove_replaced_data(self) -> None:
+        """Data files of earlier outputs at this destination: never referenced by the new ``.onnx``."""
+        pattern = _data_file_pattern(self.dest.name)
+        for entry in self.dest.parent.iterdir():
+            if entry.name == self.data_name or not pattern.fullmatch(entry.name):
+                continue
+            if entry.resolve() in self._guarded or entry.is_symlink() or not entry.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                logger.debug("removed %s, the data file of the output this one replaced", entry)
 
     def discard(self) -> None:
         """Remove the staged files."""
@@ -640,6 +717,21 @@ class StagedModel:
     def __exit__(self, *exc: object) -> None:
         if not self.committed:
             self.discard()
+
+
+def _name_data_by_content(staged_onnx: Path, provisional: str, dest_name: str) -> str:
+    """Rename the staged data file to ``<dest_name>.<sha256 prefix>.data`` and point the staged ``.onnx`` at it."""
+    folder = staged_onnx.parent
+    final = f"{dest_name}.{_sha256_prefix(folder / provisional)}.data"
+    os.replace(folder / provisional, folder / final)
+    proto = onnx.load(str(staged_onnx), load_external_data=False)
+    for tensor, _ in _iter_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value == provisional:
+                    entry.value = final
+    staged_onnx.write_bytes(proto.SerializeToString())
+    return final
 
 
 def _external_attribute_nodes(model: ir.Model) -> list[tuple[ir.Node, str]]:
@@ -694,7 +786,8 @@ def stage_model(
     Args:
         model: the model; it is not modified.
         path: destination ``.onnx``. Its external data, when written, is
-            ``<name>.data`` beside it (a fixed name, so output is reproducible).
+            ``<name>.<sha256 prefix>.data`` beside it (named by content: the same
+            model gives the same bytes and name; see the module docstring).
         protect: paths that must not be overwritten (the input model); the
             files the model's own external tensors point to are protected too.
         external_data: force (True) or forbid (False) an external data file;
@@ -711,9 +804,10 @@ def stage_model(
         raise OutputError(f"{dest}: the output folder '{folder}' does not exist")
     if dest.is_dir():
         raise OutputError(f"{dest}: is a folder; give a .onnx file name")
-    data_name = f"{dest.name}.data"
+    provisional = f"{dest.name}.data"
     guarded = {Path(p).resolve() for p in protect} | external_files(model)
-    for target in (dest, folder / data_name):
+    pattern = _data_file_pattern(dest.name)
+    for target in (dest, *(entry for entry in folder.iterdir() if pattern.fullmatch(entry.name))):
         if target.resolve() in guarded:
             raise OutputError(
                 f"{target}: refusing to overwrite the input model or its data; choose another output path"
@@ -721,32 +815,38 @@ def stage_model(
     model = _inline_attribute_tensors(model)
     if external_data is None:
         external_data = bool(external_files(model)) or _tensor_bytes(model) > INLINE_LIMIT_BYTES
+    remove_stale_staging(folder)
     try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxpq-tmp-", dir=folder))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
     except OSError as exc:
         raise OutputError(f"{dest}: cannot write in '{folder}' ({exc.strerror or exc})") from exc
-    staged = StagedModel(dest.resolve().parent / dest.name, tmp_dir, data_name, guarded)
+    staged_onnx = tmp_dir / dest.name
     try:
         try:
             if external_data:
-                ir.save(model, staged.path, external_data=data_name, size_threshold_bytes=EXTERNAL_THRESHOLD_BYTES)
+                ir.save(model, staged_onnx, external_data=provisional, size_threshold_bytes=EXTERNAL_THRESHOLD_BYTES)
             else:
-                ir.save(model, staged.path)
+                ir.save(model, staged_onnx)
+            data_name = (
+                _name_data_by_content(staged_onnx, provisional, dest.name) if (tmp_dir / provisional).exists() else None
+            )
+            for file in (tmp_dir / (data_name or provisional), staged_onnx):
+                if file.exists():
+                    _fsync(file)
         except OSError as exc:
-            raise OutputError(f"{dest}: cannot write the model ({exc.strerror or exc})") from exc
+            raise OutputError(f"{dest}: cannot write the model ({exc.strerror or exc}); nothing was kept") from exc
         except ValueError as exc:
             raise OutputError(f"{dest}: cannot serialise the model ({exc})") from exc
-        for file in (tmp_dir / data_name, staged.path):
-            if file.exists():
-                _fsync(file)
+        if data_name is not None and (folder / data_name).resolve() in guarded:
+            raise OutputError(f"{folder / data_name}: refusing to overwrite the input model's data; choose another output path")
         try:
-            _run_checker(staged.path)
+            _run_checker(staged_onnx)
         except ModelLoadError as exc:
             raise OutputError(f"{dest}: the written model failed the onnx checker; nothing was kept ({exc})") from exc
     except BaseException:
-        staged.discard()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return staged
+    return StagedModel(dest.resolve().parent / dest.name, tmp_dir, data_name, guarded)
 
 
 def save_model(
@@ -768,7 +868,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, protect: tuple
         raise OutputError(f"{dest}: the folder '{folder}' does not exist")
     if dest.resolve() in {Path(p).resolve() for p in protect}:
         raise OutputError(f"{dest}: refusing to overwrite the input model")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxpq-tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
