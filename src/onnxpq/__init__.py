@@ -16,6 +16,7 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+source"
 
+from onnxpq.analysis.weights_report import WeightAnalysis, analyze
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.errors import (
     DataError,
@@ -55,6 +56,8 @@ __all__ = [
     "__version__",
     "optimize",
     "validate",
+    "analyze",
+    "WeightAnalysis",
     "load_target",
     "Pipeline",
     "Target",
