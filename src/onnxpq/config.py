@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -237,7 +238,7 @@ def _looks_like_path(value: Any) -> bool:
 
 def _resolve_path(value: str, folder: Path) -> str:
     path = Path(value).expanduser()
-    return str(path if path.is_absolute() else folder / path)
+    return os.path.normpath(path if path.is_absolute() else folder / path)
 
 
 def _kind_text(option: ConfigOption) -> str:
