@@ -107,12 +107,20 @@ class TargetPasses:
         target: the target profile.
         layers: the planned layers (node names), in graph order.
         weight_method: override ``quantize-weights``' ``method`` (e.g. ``rtn`` for cheap sensitivity).
+        weight_bits: a subset of the target's weight widths to offer (None: all of them).
     """
 
-    def __init__(self, target: Target, layers: Sequence[str], *, weight_method: str | None = None) -> None:
+    def __init__(
+        self, target: Target, layers: Sequence[str], *, weight_method: str | None = None,
+        weight_bits: Sequence[int] | None = None,
+    ) -> None:
         passes = parse_pipeline(target.pipeline)
         self.target = target
         self.layers = list(layers)
+        allowed = set(target.quantize.weight_bits)
+        if weight_bits is not None and not set(weight_bits) <= allowed:
+            raise PipelineError(f"weight bits {sorted(set(weight_bits) - allowed)} are not in target {target.name}'s {sorted(allowed)}")
+        self.weight_bits = tuple(sorted(weight_bits)) if weight_bits is not None else tuple(sorted(allowed))
         cut = next((i for i, p in enumerate(passes) if not p.exact), len(passes))
         self.prefix: list[OnnxpqPass] = passes[:cut]
         lossy = passes[cut:]
@@ -133,7 +141,7 @@ class TargetPasses:
         """The quantization candidates this target offers per layer: ``int8`` and/or ``w<b>``."""
         choices = ["int8"] if self.activation else []
         if self.weights or not self.activation:
-            choices += [f"w{b}" for b in sorted(self.target.quantize.weight_bits) if 2 <= b <= 8]
+            choices += [f"w{b}" for b in self.weight_bits if 2 <= b <= 8]
         return choices
 
     def sparsity_kinds(self) -> tuple[bool, tuple[tuple[int, int], ...]]:

@@ -276,6 +276,7 @@ def explore(
     channel_ratios: tuple[float, ...] = (0.25, 0.5),
     sparsities: tuple[float, ...] = (0.5,),
     weight_method: str | None = None,
+    weight_bits: tuple[int, ...] | None = None,
     sensitivity_samples: int = 64,
     latency_runs: int = 30,
     latency_batch: int = 1,
@@ -295,6 +296,7 @@ def explore(
         points: budgets the planner sweeps.
         channel_ratios, sparsities: candidate channel-pruning ratios and unstructured sparsities.
         weight_method: ``quantize-weights`` method (``rtn``/``gptq``) instead of the target's.
+        weight_bits: a subset of the target's weight widths to consider (None: all).
         sensitivity_samples: calibration samples the sensitivities are measured on.
         latency_runs: interleaved timed runs per model when latency is measured.
         latency_batch: samples per timed run (latency_ms is per run of this batch).
@@ -331,7 +333,7 @@ def explore(
     space = LayerSpace.build(ex.clean, facts)
     if not space.layers:
         raise OnnxpqError(f"{model_path}: no Conv/Gemm/MatMul layer with a constant weight to plan for")
-    passes = TargetPasses(chosen_target, space.layers, weight_method=weight_method)
+    passes = TargetPasses(chosen_target, space.layers, weight_method=weight_method, weight_bits=weight_bits)
     primary = "latency_ms" if chosen_target.cost.model == "measured" else chosen_target.cost.model
     cost_of, planner_cost = _planner_costs(ex, space, chosen_target.cost.model)
 
@@ -408,6 +410,7 @@ def explore(
         "latency_batch": latency_batch,
         "planner": {"cost_model": planner_cost, "points": points, "channel_ratios": list(channel_ratios),
                     "sparsities": list(sparsities), "weight_method": weight_method,
+                    "sensitivity_evaluations": sum(len(v) for v in sensitivity.entries.values()),
                     "candidates": passes.quant_choices()},
         "data": {"eval_samples": ex.eval_samples, "calibration_samples": ex.calib_samples,
                  "sensitivity_samples": ex.sens_samples, "labels": ex.has_labels},

@@ -25,7 +25,7 @@ Two solvers:
 * Dynamic programming over layers (a multiple-choice knapsack, as in SPDY/OBC):
   costs shifted to ``c'_l(o) = c_l(o) − min_o c_l(o) ≥ 0`` and discretised into
   ``bins`` steps of ``w = Σ_l max_o c'_l(o) / bins`` (rounded *up*, so a plan
-  never exceeds its budget by rounding); ``E_i(b) = min_o E_{i−1}(b − ⌈c'_i(o)/w⌉) + e_i(o)``
+  never exceeds its budget by rounding; ``bins + L`` slots, so the dearest plan fits); ``E_i(b) = min_o E_{i−1}(b − ⌈c'_i(o)/w⌉) + e_i(o)``
   is the least error of the first i layers within budget b. It also finds the
   points inside the hull that λ cannot reach. The reverse question — least
   cost with predicted error ≤ ε — is the smallest b with ``E_L(b) ≤ ε``.
@@ -158,19 +158,21 @@ class Tradeoff:
         span = sum(max(o.cost for o in opts) - min(o.cost for o in opts) for opts in self.options.values())
         self.bins = bins
         self.width = span / bins if span > 0 else 1.0
-        best = np.zeros(bins + 1)
+        size = bins + len(self.layers)  # rounding up adds < 1 bin per layer: the dearest plan always fits
+        self.size = size
+        best = np.zeros(size + 1)
         self._choice: list[np.ndarray] = []
         for layer in self.layers:
             opts = self.options[layer]
             low = min(o.cost for o in opts)
-            new = np.full(bins + 1, np.inf)
-            arg = np.full(bins + 1, -1, dtype=np.int32)
+            new = np.full(size + 1, np.inf)
+            arg = np.full(size + 1, -1, dtype=np.int32)
             for k, o in enumerate(opts):
-                w = min(bins + 1, int(math.ceil((o.cost - low) / self.width - 1e-9)))
-                if w > bins:
+                w = int(math.ceil((o.cost - low) / self.width - 1e-9))
+                if w > size:
                     continue
-                cand = np.full(bins + 1, np.inf)
-                cand[w:] = best[: bins + 1 - w] + o.error
+                cand = np.full(size + 1, np.inf)
+                cand[w:] = best[: size + 1 - w] + o.error
                 better = cand < new
                 new[better], arg[better] = cand[better], k
             best = new
@@ -189,14 +191,14 @@ class Tradeoff:
         return _plan(self.options, picks, how)
 
     def cost_range(self) -> tuple[float, float]:
-        return self.shift, self.shift + self.width * self.bins
+        return self.shift, self.shift + self.width * self.size
 
     def plan_for_budget(self, budget: float) -> Plan | None:
         """Least predicted error with predicted cost ≤ ``budget`` (None when even the cheapest plan costs more)."""
         b = int(math.floor((budget - self.shift) / self.width + 1e-9))
         if b < 0:
             return None
-        b = min(b, self.bins)
+        b = min(b, self.size)
         return self._backtrack(b, f"dp budget {budget:.4g}")
 
     def plan_for_error(self, max_error: float) -> Plan | None:

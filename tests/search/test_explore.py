@@ -1,0 +1,127 @@
+"""explore end to end on a tiny CNN: outputs, schema, resume without re-evaluation, gate and usage exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxpq.cli import main
+from onnxpq.search.explore import SCHEMA, explore
+
+
+def _tiny_cnn(folder: Path) -> tuple[Path, Path]:
+    """conv(1→32) relu conv(32→32) relu gap flatten gemm(32→4), named nodes; data labelled by the float model."""
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.normal(0, 0.5, (32, 1, 3, 3)).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array(rng.normal(0, 0.2, (32, 32, 3, 3)).astype(np.float32), "w2")
+    w3 = onnx.numpy_helper.from_array(rng.normal(0, 0.5, (4, 32)).astype(np.float32), "w3")
+    b3 = onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b3")
+    h = onnx.helper
+    nodes = [
+        h.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        h.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        h.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        h.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="fc", transB=1),
+    ]
+    graph = h.make_graph(nodes, "tiny", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])], [w1, w2, w3, b3])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    path = folder / "tiny.onnx"
+    onnx.save(model, path)
+    x = rng.normal(0, 1, (48, 1, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels = np.argmax(session.run(None, {"x": x})[0], axis=1).astype(np.int64)
+    data = folder / "data.npz"
+    np.savez(data, x=x, labels=labels)
+    return path, data
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, dict]:
+    folder = tmp_path_factory.mktemp("explore")
+    model, data = _tiny_cnn(folder)
+    out = folder / "out"
+    doc = explore(model, out, target="cpu", data=data, points=4, latency_runs=3).document
+    return model, data, out, doc
+
+
+def test_outputs_are_written(run: tuple) -> None:
+    _, _, out, doc = run
+    assert (out / "frontier.json").is_file() and (out / "best.onnx").is_file()
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "Per-layer decisions" in html and "http" not in html.split("<svg", 1)[0].split("<style>")[0]
+    frontier_models = list((out / "models").glob("*.onnx"))
+    on = [p for p in doc["points"] if p["kind"] == "planned" and p["on_frontier"][doc["primary_cost"]]]
+    assert len(frontier_models) == len(on) >= 1
+    ort.InferenceSession(str(out / "best.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_frontier_json_schema(run: tuple) -> None:
+    _, _, out, doc = run
+    saved = json.loads((out / "frontier.json").read_text())
+    assert saved["schema"] == SCHEMA
+    planned = [p for p in saved["points"] if p["kind"] == "planned"]
+    assert planned and {"b-float", "b-target-default", "b-uniform-w4", "b-uniform-prune50"} <= {p["id"] for p in saved["points"]}
+    for p in planned:
+        assert set(p["layers"]) == {"conv1", "conv2", "fc"}
+        assert p["pipeline"].startswith("constants-to-initializers")
+        assert set(p["costs"]) == {"latency_ms", "bops", "macs", "weight_bits"}
+        assert p["quality_measure"] == "accuracy"
+
+
+def test_frontier_points_are_not_dominated(run: tuple) -> None:
+    doc = run[3]
+    planned = [p for p in doc["points"] if p["kind"] == "planned"]
+    for figure in ("bops", "weight_bits"):
+        for p in planned:
+            dominated = any(
+                q["costs"][figure] <= p["costs"][figure] and q["quality"] >= p["quality"]
+                and (q["costs"][figure] < p["costs"][figure] or q["quality"] > p["quality"]) for q in planned
+            )
+            assert p["on_frontier"][figure] == (not dominated)
+
+
+def test_chosen_is_the_cheapest_within_the_default_drop(run: tuple) -> None:
+    doc = run[3]
+    primary = doc["primary_cost"]
+    ok = [p for p in doc["points"] if p["kind"] == "planned" and p["drop"] <= 0.01]
+    best = next(p for p in doc["points"] if p["id"] == doc["chosen"])
+    assert doc["gate"]["passed"] and best["costs"][primary] == min(p["costs"][primary] for p in ok)
+
+
+def test_second_run_evaluates_nothing_new(run: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    model, data, out, _ = run
+    lines = (out / "cache" / "evaluations.jsonl").read_text().count("\n")
+    with caplog.at_level("INFO", logger="onnxpq.search.evaluation"):
+        explore(model, out, target="cpu", data=data, points=4, latency_runs=3)
+    assert (out / "cache" / "evaluations.jsonl").read_text().count("\n") == lines
+    assert not [r for r in caplog.records if "evaluating" in r.getMessage()]
+
+
+@pytest.mark.heavy
+def test_unmeetable_budget_exits_1_with_outputs(run: tuple, tmp_path: Path) -> None:
+    model, data, _, _ = run
+    code = main(["explore", str(model), "-t", "cpu", "--data", str(data), "-o", str(tmp_path / "o"),
+                 "--budget", "0.001", "--points", "3", "--latency-runs", "2", "-q"])
+    assert code == 1
+    assert (tmp_path / "o" / "frontier.json").is_file() and (tmp_path / "o" / "best.onnx").is_file()
+
+
+def test_budget_and_drop_together_is_a_usage_error(run: tuple, tmp_path: Path) -> None:
+    model, data, _, _ = run
+    with pytest.raises(SystemExit) as exc:
+        main(["explore", str(model), "--data", str(data), "-o", str(tmp_path / "o"), "--budget", "0.5", "--max-accuracy-drop", "0.01"])
+    assert exc.value.code == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_model_exits_2(tmp_path: Path) -> None:
+    assert main(["explore", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o"), "-q"]) == 2
