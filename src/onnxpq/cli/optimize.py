@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 
 from onnxpq.cli.base import EXIT_GATE, EXIT_OK, positive, print_summary, progress_enabled
 
@@ -32,8 +34,17 @@ def add_arguments(opt: argparse.ArgumentParser) -> None:
                      help="a weight holding NaN/Inf: refuse the model (exit 2, naming the tensor) or warn and go on [refuse]")
 
 
+def _file_size_limit_is_an_error() -> None:
+    """Under RLIMIT_FSIZE, SIGXFSZ would kill the process silently mid-write; ignored, the write fails with EFBIG,
+    which the atomic writer reports in one line and cleans up after."""
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxpq.workflows import optimize
+
+    _file_size_limit_is_an_error()
 
     result = optimize(
         args.model,
