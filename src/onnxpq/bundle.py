@@ -5,7 +5,7 @@ onnxruntime session for it on this machine
 (:mod:`onnxpq.validation.session_tuning`) and writes one folder::
 
     bundle/
-      model.onnx [+ model.onnx.data]   the optimized model (and its external data)
+      model.onnx [+ its .data file]    the optimized model (and its external data, when it has any)
       manifest.json                    schema "onnxpq.bundle/1", see below
       report.json, report.html         the optimize report, with "session_tuning"
       golden.npz                       a few inputs and the outputs the recipe gave at packaging
