@@ -17,6 +17,8 @@ except metadata.PackageNotFoundError:  # running from a source tree without inst
     __version__ = "0.0.0+source"
 
 from onnxpq.analysis.weights_report import WeightAnalysis, analyze
+from onnxpq.bundle import BundleError, PackageResult, VerifyResult, package, verify_bundle
+from onnxpq.config import ConfigError
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.errors import (
     DataError,
@@ -58,6 +60,10 @@ __all__ = [
     "validate",
     "analyze",
     "WeightAnalysis",
+    "package",
+    "verify_bundle",
+    "PackageResult",
+    "VerifyResult",
     "load_target",
     "Pipeline",
     "Target",
@@ -72,4 +78,6 @@ __all__ = [
     "DataError",
     "OutputError",
     "GateFailed",
+    "BundleError",
+    "ConfigError",
 ]
