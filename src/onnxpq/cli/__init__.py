@@ -174,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     _configure_logging(args)
+    if getattr(args, "quiet", False):
+        from onnxpq.core.progress import set_progress
+
+        set_progress(False)  # -q: no progress bars anywhere, whatever the terminal
     from onnxpq.errors import OnnxpqError
 
     module = {m.COMMAND: m for m in modules}[args.command]
