@@ -13,6 +13,7 @@ __all__ = [
     "ModelLoadError",
     "UnsafeModelError",
     "NonFiniteWeightsError",
+    "IsolationError",
     "PipelineError",
     "PassFailed",
     "TargetError",
@@ -73,3 +74,14 @@ class GateFailed(OnnxpqError):
 
 class NonFiniteWeightsError(ModelLoadError):
     """A weight holds NaN or Inf values (refused before any pass quantizes it, unless asked to warn)."""
+
+
+class IsolationError(ModelLoadError):
+    """Loading or first-running the model in an isolated process broke a limit or crashed it (see onnxpq.isolation).
+
+    ``limit`` says which: ``"memory"``, ``"time"``, ``"signal"`` or None (another failure).
+    """
+
+    def __init__(self, message: str, *, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit

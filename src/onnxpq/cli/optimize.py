@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from onnxpq.cli.base import EXIT_GATE, EXIT_OK, positive, print_summary, progress_enabled
+from onnxpq.cli.base import EXIT_GATE, EXIT_OK, positive, print_summary, progress_enabled, usage_error
 
 COMMAND = "optimize"
 HELP = "optimize a model for a target"
@@ -32,6 +32,32 @@ def add_arguments(opt: argparse.ArgumentParser) -> None:
                           "(the payoff step's choice otherwise depends on timing)")
     opt.add_argument("--nonfinite-weights", choices=("refuse", "warn"), default="refuse",
                      help="a weight holding NaN/Inf: refuse the model (exit 2, naming the tensor) or warn and go on [refuse]")
+    add_isolation_arguments(opt)
+
+
+def add_isolation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--isolate`` and its limits (shared by every command that loads a user's model)."""
+    parser.add_argument("--isolate", action="store_true",
+                        help="parse and first-run each model in a child process with memory and time limits "
+                             "(for untrusted models: a crafted one cannot take this process down)")
+    parser.add_argument("--isolate-memory", type=int, metavar="MiB",
+                        help="address-space limit of that child [2048 + 4 x the model's size on disk]")
+    parser.add_argument("--isolate-timeout", type=float, metavar="S", default=300.0,
+                        help="wall-clock limit of that child in seconds [300]")
+
+
+def check_isolated(args: argparse.Namespace, *models: str) -> None:
+    """With ``--isolate``, load and first-run each model in a limited child (raises IsolationError / ModelLoadError)."""
+    if not args.isolate:
+        return
+    from onnxpq.isolation import check_model_isolated
+
+    if args.isolate_memory is not None:
+        positive(args.isolate_memory, "--isolate-memory")
+    if args.isolate_timeout <= 0:
+        raise usage_error(f"--isolate-timeout must be positive, got {args.isolate_timeout:g}")
+    for model in models:
+        check_model_isolated(model, memory_mib=args.isolate_memory, timeout_s=args.isolate_timeout)
 
 
 def _file_size_limit_is_an_error() -> None:
@@ -45,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxpq.workflows import optimize
 
     _file_size_limit_is_an_error()
+    check_isolated(args, args.model)
 
     result = optimize(
         args.model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onnxpq.cli.base import EXIT_GATE, EXIT_OK, positive, print_summary
+from onnxpq.cli.optimize import add_isolation_arguments, check_isolated
 
 COMMAND = "validate"
 HELP = "measure a model against its reference"
@@ -22,10 +23,13 @@ def add_arguments(val: argparse.ArgumentParser) -> None:
     val.add_argument("--latency-runs", type=int, default=50, help="timed runs per model [50]")
     val.add_argument("--latency-batch", type=int, default=1, help="samples per timed run (models with a batch axis) [1]")
     val.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency [1]")
+    add_isolation_arguments(val)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxpq.workflows import validate
+
+    check_isolated(args, args.reference, args.model)
 
     result = validate(
         args.model,
