@@ -169,9 +169,9 @@ def section_block(name: str, target: str, run: dict[str, Any] | str) -> str:
         f"{doc['planner']['sensitivity_evaluations']} sensitivity measurements; {run['seconds']:.0f} s "
         f"(settings: {json.dumps(run['settings'])}).\n"
     )
-    lines.append(f"**The frontier dominates {sum(1 for v in verdicts if v)} of {len(verdicts)} baselines** "
-                 f"({', '.join(k[2:] for k, c in comparison.items() if not c['dominates']) or 'all'} not dominated"
-                 f"{'' if not all(verdicts) else ''}).\n")
+    missed = [k[2:] for k, c in comparison.items() if not c["dominates"]]
+    lines.append(f"**The frontier dominates {sum(1 for v in verdicts if v)} of {len(verdicts)} baselines**"
+                 + (f" (not: {', '.join(missed)})." if missed else ".") + "\n")
     lines.append(f"| baseline | {doc['quality_measure']} | {primary} | frontier best at ≤ cost | acc@cost | "
                  "frontier least cost at ≥ acc | cost@acc | dominates |")
     lines.append("|---|---|---|---|---|---|---|---|")
