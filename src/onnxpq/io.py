@@ -719,17 +719,28 @@ class StagedModel:
             self.discard()
 
 
-def _name_data_by_content(staged_onnx: Path, provisional: str, dest_name: str) -> str:
-    """Rename the staged data file to ``<dest_name>.<sha256 prefix>.data`` and point the staged ``.onnx`` at it."""
+def _name_data_by_content(staged_onnx: Path, provisional: str, dest_name: str) -> str | None:
+    """Rename the staged data file to ``<dest_name>.<sha256 prefix>.data`` and point the staged ``.onnx`` at it.
+
+    Returns the new name, or None when no tensor went to the data file (every
+    one under the size threshold): the empty file is removed.
+    """
     folder = staged_onnx.parent
+    proto = onnx.load(str(staged_onnx), load_external_data=False)
+    entries = [
+        entry
+        for tensor, _ in _iter_tensors(proto)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location" and entry.value == provisional
+    ]
+    if not entries:
+        (folder / provisional).unlink()
+        return None
     final = f"{dest_name}.{_sha256_prefix(folder / provisional)}.data"
     os.replace(folder / provisional, folder / final)
-    proto = onnx.load(str(staged_onnx), load_external_data=False)
-    for tensor, _ in _iter_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location" and entry.value == provisional:
-                    entry.value = final
+    for entry in entries:
+        entry.value = final
     staged_onnx.write_bytes(proto.SerializeToString())
     return final
 

@@ -121,6 +121,21 @@ def test_hostile_model_is_refused_with_one_line(name: str, dirs: tuple[Path, Pat
     assert_refused(code, capsys.readouterr().err, case.reason, out_dir, before, in_dir)
 
 
+#: validate measures what it is given: NaN/Inf weights are a finding there, not a refusal.
+VALIDATE_REFUSED = [name for name in REFUSED if not CASES[name].name.endswith(("nan-weight", "inf-weight"))]
+
+
+@pytest.mark.parametrize("name", VALIDATE_REFUSED)
+def test_hostile_model_is_refused_by_validate(name: str, dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    in_dir, out_dir = dirs
+    case = CASES[name]
+    model = build_case(case, in_dir)
+    reference = build_case("dead-code", in_dir.parent / "ref")
+    before = snapshot(in_dir)
+    code = main(["validate", str(model), "--reference", str(reference), "--report", str(out_dir / "r.json"), "--latency-runs", "2"])
+    assert_refused(code, capsys.readouterr().err, case.reason, out_dir, before, in_dir)
+
+
 @pytest.mark.parametrize("name", LEGAL)
 def test_legal_model_optimizes_to_the_same_outputs(name: str, dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     in_dir, out_dir = dirs
