@@ -5,7 +5,7 @@ optimize: load (safe) -> parse the pipeline for the target -> run the passes
 check it -> measure baseline and output side by side in onnxruntime ->
 evaluate the gate (giving the most harmful quantized nodes back to float
 first when an accuracy gate is set, see :mod:`onnxpq.search.fallback`) ->
-commit the output and write the reports. Any error before the commit leaves
+write the reports and commit the output (the model last). Any error before the commit leaves
 nothing behind and the input untouched; a failed gate still writes
 everything (exit code 1 in the CLI).
 
@@ -17,6 +17,7 @@ the ranges were fitted to.
 from __future__ import annotations
 
 import functools
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -196,11 +197,24 @@ def _fit_gate(
     )
 
 
-def _write_reports(report: dict[str, Any], json_path: PathLike | None, html_path: PathLike | None, protect: Path) -> None:
-    if json_path is not None:
-        write_text_atomic(json_path, report_json(report), protect=(protect,))
-    if html_path is not None:
-        write_text_atomic(html_path, render_html(report), protect=(protect,))
+def _write_reports(report: dict[str, Any], json_path: PathLike | None, html_path: PathLike | None, protect: Path) -> list[Path]:
+    """Write the reports asked for; on failure remove the ones already written (one clear error, nothing half-done)."""
+    written: list[Path] = []
+    try:
+        if json_path is not None:
+            written.append(write_text_atomic(json_path, report_json(report), protect=(protect,)))
+        if html_path is not None:
+            written.append(write_text_atomic(html_path, render_html(report), protect=(protect,)))
+    except BaseException:
+        _remove(written)
+        raise
+    return written
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _progress_argument(job: Any) -> Any:
@@ -334,8 +348,13 @@ def optimize(
         the_report["data"]["calibration"] = {"source": calib.source, "samples": calib.samples}
         if paid is not None:
             the_report["int8_payoff"] = paid.to_dict(batch=latency_batch, threads=threads, provider=chosen.providers[0])
-        staged.commit()
-    _write_reports(the_report, report, html, model_path)
+        # reports before the model: a full disk or a bad report path fails before anything is visible
+        reports = _write_reports(the_report, report, html, model_path)
+        try:
+            staged.commit()
+        except BaseException:
+            _remove(reports)
+            raise
     if not gate["passed"]:
         logger.warning("gate failed: %s", "; ".join(gate["reasons"]))
     return OptimizeResult(out_path, the_report)

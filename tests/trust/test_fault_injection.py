@@ -13,8 +13,9 @@ is left only by the latest kill (the next save removes stale ones), and the
 save after the last kill leaves exactly the ``.onnx`` and its data.
 
 Disk full: ``onnxpq optimize`` writes onto a 1 MiB tmpfs (root only; this is
-the real ENOSPC path) and, without root, under RLIMIT_FSIZE (EFBIG): exit 2,
-one error line naming the cause, nothing left in the output folder.
+the real ENOSPC path), onto a 4 KiB one where the model fits but its report
+does not, and, without root, under RLIMIT_FSIZE (EFBIG): exit 2, one error
+line naming the cause, nothing left in the output folder.
 """
 
 from __future__ import annotations
@@ -220,27 +221,51 @@ def two_mib_model(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):  # noqa: ANN201 - a generator fixture
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
+def tmpfs(tmp_path: Path):  # noqa: ANN201 - a generator fixture
+    """Factory: mount a tmpfs of the given size (e.g. "1m") under tmp_path; unmounted afterwards."""
+    mounted: list[Path] = []
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE test covers the same path")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"mount -t tmpfs refused here: {done.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"tmpfs-{size}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"mount -t tmpfs refused here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
 
 
-def test_full_disk_exits_2_and_leaves_nothing(two_mib_model: Path, small_tmpfs: Path, tmp_path: Path) -> None:
-    out_dir = small_tmpfs / "out"
+def test_full_disk_exits_2_and_leaves_nothing(two_mib_model: Path, tmpfs, tmp_path: Path) -> None:  # noqa: ANN001
+    out_dir = tmpfs("1m") / "out"
     out_dir.mkdir()
     before = sha(two_mib_model.with_name("m.bin"))
     done = subprocess.run(_optimize_cmd(two_mib_model, out_dir), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     _assert_clean_failure(done, out_dir, "No space left on device")
     assert sha(two_mib_model.with_name("m.bin")) == before
+
+
+def test_disk_full_at_the_report_leaves_no_model(tmpfs, tmp_path: Path) -> None:  # noqa: ANN001
+    """The model (about 100 bytes) fits, its report (5 kB) does not: nothing stays, not even the model."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    onnx.save(relu_model(), folder / "m.onnx")
+    out_dir = tmpfs("4k")
+    done = subprocess.run(_optimize_cmd(folder / "m.onnx", out_dir), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    _assert_clean_failure(done, out_dir, r"r\.json.*No space left on device")
+
+
+def relu_model() -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
 
 
 def _limit_file_size() -> None:
