@@ -52,6 +52,9 @@ def pareto_figure(document: dict[str, Any], figures: Sequence[str] | None = None
         estimated = figure == "latency_ms" and document.get("latency") == "estimated"
         ax.set_xlabel(_LABELS.get(figure, figure) + (" (estimated)" if estimated else ""))
         ax.set_ylabel(measure)
+        costs = [p["costs"][figure] for p in document["points"] if p["costs"][figure]]
+        if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
+            ax.set_xscale("log")  # costs spanning decades (bit widths x pruning)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     if title:
