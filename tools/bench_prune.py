@@ -112,6 +112,11 @@ MAX_LATENCY_PER_MAC = 1.15
 WARMUP = 10
 THREADS = 1
 CNN_BATCH = 8
+#: A realistic deployment batch, measured too for CNNs under SMALL_CNN_MACS MACs per sample (batch 1 is dispatch-bound there).
+DEPLOY_BATCH = 64
+SMALL_CNN_MACS = 20_000_000
+#: Op types whose time scales with MACs in onnxruntime's optimized CPU graph (the rest: pooling, adds, layout, ...).
+PROFILE_MAC_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NchwcConv")
 QUALITY_BATCH = 64
 #: Timed runs of onnxpq.optimize's own validation (its latency is not used here; ours is interleaved).
 OPTIMIZE_LATENCY_RUNS = 3
@@ -210,7 +215,7 @@ class Variant:
 
 
 def prune_pipeline(ratio: float, importance: str | None = None, reconstruct: str | None = None,
-                   inputs: str | None = None) -> str:  # fmt: skip
+                   inputs: str | None = None, compensate: bool = True) -> str:  # fmt: skip
     options = [f"ratio={ratio:g}"]
     if importance is not None:
         options.append(f"importance={importance}")
@@ -218,6 +223,8 @@ def prune_pipeline(ratio: float, importance: str | None = None, reconstruct: str
         options.append(f"reconstruct={reconstruct}")
     if inputs is not None:
         options.append(f"reconstruct_inputs={inputs}")
+    if not compensate:
+        options.append("compensate=false")
     return f"prune-channels{{{','.join(options)}}}"
 
 
@@ -242,13 +249,20 @@ def make_variants(args: argparse.Namespace) -> list[Variant]:
                     "prune", ratio, importance, "on",
                 )  # fmt: skip
             )
+        variants.append(
+            Variant(
+                f"prune {ratio:g} l1 rec=off, no compensation",
+                f"{CLEANUP},{prune_pipeline(ratio, 'l1', 'off', compensate=False)}",
+                "prune", ratio, "l1", "off",
+            )  # fmt: skip
+        )
     if args.compose:
         prune = prune_pipeline(COMPOSE_RATIO)
         variants += [
-            Variant(f"prune {COMPOSE_RATIO:g}", f"{CLEANUP},{prune}", "compose", COMPOSE_RATIO, "l1", "auto"),
+            Variant(f"prune {COMPOSE_RATIO:g}", f"{CLEANUP},{prune}", "compose", COMPOSE_RATIO, "auto", "auto"),
             Variant("quantize", f"{CLEANUP},{QUANTIZE}", "compose"),
             Variant(f"prune {COMPOSE_RATIO:g} + quantize", f"{CLEANUP},{prune},{QUANTIZE}", "compose", COMPOSE_RATIO,
-                    "l1", "auto"),  # fmt: skip
+                    "auto", "auto"),  # fmt: skip
         ]
     return variants
 
@@ -433,6 +447,60 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
     return load + (f"; OTHER BENCHMARKS RAN MEANWHILE: {', '.join(others)}" if others else "; no other benchmark ran")
 
 
+def _profile_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"bench_prune_profile_{os.getpid()}")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _profile_figures(session: Any) -> dict[str, float]:
+    """Median µs per run after the warm-up: the whole run, Σ MAC-op nodes, Σ other nodes (per node, its median)."""
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink(missing_ok=True)
+    total = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][WARMUP:]
+    per_node: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_node.setdefault((e["name"], e.get("args", {}).get("op_name", "")), []).append(e["dur"])
+    mac = sum(statistics.median(d[WARMUP:] or d) for (_, op), d in per_node.items() if op in PROFILE_MAC_OPS)
+    other = sum(statistics.median(d[WARMUP:] or d) for (_, op), d in per_node.items() if op not in PROFILE_MAC_OPS)
+    return {"run": statistics.median(total) if total else float("nan"), "mac": mac, "other": other, "nodes": len(per_node)}
+
+
+def profile_breakdown(files: ModelFiles, variants: list[Variant], test_inputs: dict[str, Any],
+                      batches: tuple[int, ...], runs: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Where the time goes, fp32 vs each ratio's ``l1 rec=off`` variant: MAC ops, other ops, per-run overhead.
+
+    One profiling session per variant and batch, run in interleaved rounds (A B C per round) like the
+    latency table; per node the median over the rounds. The profiler adds ~1 µs per node, so absolute
+    times are above the latency table's; the split is what matters: if the MAC ops alone fall with
+    the MACs (their time ratio ÷ MAC ratio near 1), a latency ratio ÷ MAC ratio above 1 comes from the
+    ops and per-run overhead that pruning cannot shrink.
+    """
+    chosen = [v for v in variants if v.ok and (v.kind == "fp32" or v.label.endswith("l1 rec=off"))]
+    rows = []
+    for batch in batches:
+        feed = _first(test_inputs, batch)
+        logger.info("%s: onnxruntime profile, batch %d, %d variants", files.name, batch, len(chosen))
+        sessions = [_profile_session(v.path) for v in chosen]  # type: ignore[arg-type]
+        rounds = runs if batch == 1 else max(20, runs // 5)
+        for _ in range(WARMUP + rounds):
+            for session in sessions:
+                session.run(None, feed)
+        figures = [_profile_figures(session) for session in sessions]
+        del sessions
+        for variant, figure in zip(chosen, figures, strict=True):
+            rows.append({"variant": variant, "batch": batch, **figure, "base": figures[0]})
+    return rows
+
+
 def other_benchmarks() -> list[str]:
     """Other processes running a ``tools/bench_*.py`` script (they disturb latency on this small machine)."""
     found = []
@@ -465,6 +533,7 @@ class ModelRun:
     fp32_macs_report: int | None = None
     load: str = ""
     notes: list[str] = field(default_factory=list)
+    profile: list[dict[str, Any]] = field(default_factory=list)
 
     def get(self, label: str) -> Variant | None:
         return next((v for v in self.variants if v.label == label), None)
@@ -518,6 +587,8 @@ def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> 
                 "%s %s: MACs ratio %.3f, prune pass %.2f s, optimize %.1f s", files.name, variant.label,
                 variant.macs_ratio or float("nan"), variant.prune_s or 0.0, variant.optimize_s or 0.0,
             )  # fmt: skip
+    if cnn and run.fp32_macs_report is not None and run.fp32_macs_report < SMALL_CNN_MACS:
+        run.batches = (1, CNN_BATCH, DEPLOY_BATCH)
     if source_fingerprint() != fingerprint:
         run.notes.append(
             "onnxpq's sources changed while the variants were produced (concurrent edits): rows may mix code "
@@ -525,6 +596,8 @@ def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> 
         )
     measure_quality(files, variants, test_inputs, labels, calib_inputs)
     run.load = measure_latency(files, variants, test_inputs, run.batches, args.runs)
+    if cnn:
+        run.profile = profile_breakdown(files, variants, test_inputs, run.batches, max(args.runs, 100))
     if "OTHER BENCHMARKS" in run.load:
         logger.warning("%s: %s", files.name, run.load)
     return run
@@ -677,6 +750,33 @@ def target_lines(run: ModelRun) -> list[str]:
     return lines
 
 
+def profile_lines(run: ModelRun) -> list[str]:
+    """The onnxruntime-profile split of each batch's run time (see :func:`profile_breakdown`)."""
+    if not run.profile:
+        return []
+    lines = [
+        "Where the time goes (onnxruntime profiler, 1 thread, median µs per run (per node, its median over the rounds); MAC ops = Conv/Gemm/MatMul and their "
+        "fused forms; other ops = pooling, adds, concat, flatten, NCHWc reorders; overhead = run − Σ ops):",
+        "",
+        "| variant | batch | MACs ratio | run µs | MAC ops µs | MAC-op time ratio ÷ MACs ratio | other ops µs | overhead µs "
+        "| not MAC ops, share of run | run ratio ÷ MACs ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in run.profile:
+        variant, base = row["variant"], row["base"]
+        macs = 1.0 if variant.kind == "fp32" else (variant.macs_ratio or float("nan"))
+        overhead = row["run"] - row["mac"] - row["other"]
+        mac_per = (row["mac"] / base["mac"]) / macs if base["mac"] and variant.kind != "fp32" else None
+        run_per = (row["run"] / base["run"]) / macs if base["run"] and variant.kind != "fp32" else None
+        share = (row["other"] + overhead) / row["run"] if row["run"] else None
+        lines.append(
+            f"| {variant.label} | {row['batch']} | {macs:.3f} | {row['run']:.1f} | {row['mac']:.1f} | "
+            f"{_fmt(mac_per, 3)} | {row['other']:.1f} | {overhead:.1f} | {_fmt(share * 100 if share is not None else None, 1, ' %')} "
+            f"| {_fmt(run_per, 3)} |"
+        )
+    return [*lines, ""]
+
+
 def render_model(run: ModelRun, args: argparse.Namespace) -> str:
     name = run.files.name
     quality_heads = _quality_heads(run)
@@ -719,6 +819,7 @@ def render_model(run: ModelRun, args: argparse.Namespace) -> str:
         cells.append(_fmt(variant.pipeline_s, 2))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *target_lines(run), ""]
+    lines += profile_lines(run)
 
     lines += [
         "<details><summary>Details: pipelines, latency medians (ms), what was pruned, optimize wall time</summary>",

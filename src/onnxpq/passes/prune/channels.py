@@ -86,13 +86,13 @@ from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import parse_node_values
 from onnxpq.core.registry import register_pass
 from onnxpq.errors import DataError, PipelineError
-from onnxpq.passes.prune.reconstruction import LayerStatistics, conv_patches, refit
+from onnxpq.passes.prune.reconstruction import LayerStatistics, conv_patches, refit, sample_folds
 
 __all__ = ["PruneChannelsPass"]
 
 logger = logging.getLogger(__name__)
 
-Importance = Literal["l1", "l2", "bn-scale", "activation"]
+Importance = Literal["auto", "l1", "l2", "bn-scale", "activation"]
 Scope = Literal["layer", "global"]
 Reconstruct = Literal["auto", "on", "off"]
 ReconstructInputs = Literal["original", "pruned"]
@@ -268,9 +268,35 @@ class _Job:
     intercept: str | None  # "bias" | "add" | None
     add_node: ir.Node | None = None
     stats: LayerStatistics | None = None
-    samples: int = 0  # samples accumulated so far (they alternate between the two folds)
+    samples: int = 0  # samples accumulated so far (sample i goes to fold ``folds[i]``)
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     conv: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Consumer:
+    """A layer that reads a group's channels through a constant weight (Conv group 1, Gemm, 2-D MatMul).
+
+    ``units``: the group unit of each input element; ``bias``: where a shift of the layer's output
+    can be written (``conv`` bias, ``gemm`` C, the ``add`` of a constant vector after a MatMul) or None.
+    """
+
+    node: ir.Node
+    label: str
+    x: str
+    x_axis: int  # channel axis of the input (−1: the last)
+    weight: str
+    w_in_axis: int
+    w_out_axis: int
+    units: np.ndarray
+    bias: str | None
+    alpha: float = 1.0
+    add_node: ir.Node | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.x, self.x_axis)
 
 
 @register_pass
@@ -284,7 +310,7 @@ class PruneChannelsPass(OnnxpqPass):
         self,
         ratio: float = 0.5,
         *,
-        importance: Importance = "l1",
+        importance: Importance = "auto",
         scope: Scope = "layer",
         per_node: tuple[str, ...] = (),
         multiple: int | None = None,
@@ -293,6 +319,7 @@ class PruneChannelsPass(OnnxpqPass):
         min_channels: int = 1,
         exclude_nodes: tuple[str, ...] = (),
         damping: float | None = None,
+        compensate: bool = True,
     ) -> None:
         if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
             raise PipelineError(f"prune-channels: ratio must be in [0, 1), got {ratio}")
@@ -317,6 +344,7 @@ class PruneChannelsPass(OnnxpqPass):
         self.min_channels = min_channels
         self.exclude_nodes = tuple(exclude_nodes)
         self.damping = None if damping is None else float(damping)
+        self.compensate = bool(compensate)
 
     # ---------------------------------------------------------------- driver
 
@@ -328,6 +356,7 @@ class PruneChannelsPass(OnnxpqPass):
             raise PipelineError("prune-channels: reconstruct=on needs calibration data (--calibration or --data)")
         if data is None and self.importance == "activation":
             raise PipelineError("prune-channels: importance=activation needs calibration data (--calibration or --data)")
+        importance = self.importance if self.importance != "auto" else ("activation" if data is not None else "l1")
         multiple = self.multiple if self.multiple is not None else (ctx.target.sparsity.channel_multiple if ctx.target else 1)
         overrides = _parse_per_node(self.per_node)
 
@@ -358,7 +387,11 @@ class PruneChannelsPass(OnnxpqPass):
         for item in unprunable:
             logger.debug("prune-channels: group %d unprunable: %s", item["group"], item["reason"])
 
-        scores, used = self._importance(model, candidates, data)
+        consumers = {g.index: _weighted_consumers(g, nodes) for g in candidates}
+        moments: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
+        if data is not None and candidates and (importance == "activation" or self.compensate):
+            moments = _input_moments(model, [c.key for cs in consumers.values() for c in cs], data)
+        scores, used = self._importance(model, candidates, data, importance, consumers, moments)
         sections = self._sections(candidates, scores, multiple, overrides)
         if self.scope == "global":
             self._select_global(sections)
@@ -370,7 +403,7 @@ class PruneChannelsPass(OnnxpqPass):
         ctx.note("unprunable_groups", unprunable)
         if excluded:
             ctx.note("excluded_groups", excluded)
-        ctx.note("importance", self.importance)
+        ctx.note("importance", importance)
         ctx.note("multiple", multiple)
         if not any(r.size for r in removed.values()):
             ctx.note("pruned_groups", [])
@@ -379,14 +412,27 @@ class PruneChannelsPass(OnnxpqPass):
             return ir.passes.PassResult(model, False)
 
         keep = self._keep_masks(candidates, removed)
+        shifts: dict[str, tuple[_Consumer, np.ndarray]] = {}
+        if self.compensate:
+            if data is None:
+                moments = _constant_means(model, candidates, removed, consumers)
+            shifts = _bias_shifts(candidates, removed, consumers, moments)
+        ctx.note("compensation", "off" if not self.compensate else "measured means" if data is not None else "constant channels")
         jobs, skipped = self._jobs(candidates, removed, keep, labels) if reconstruct else ([], {})
         sequential = bool(jobs) and self.reconstruct_inputs == "pruned"
         original = model.clone() if sequential else None
+        if jobs:
+            folds = sample_folds(data)  # type: ignore[arg-type]
+            for job in jobs:
+                job.folds = folds
+            ctx.note("calibration_folds", np.bincount(folds).tolist() if folds.size else [])
         if jobs and not sequential:
             self._collect(model, jobs, data)  # type: ignore[arg-type]
         names = _Names(model)
         self._slice(model, candidates, removed, keep, nodes, names)
         self._apply_updates(model, candidates, keep, nodes, names)
+        for consumer, shift in shifts.values():
+            _add_bias_shift(model.graph, consumer, shift, keep, names)
         if sequential:
             for level in _levels(model, jobs):
                 self._collect_sequential(model, original, level, data)  # type: ignore[arg-type]
@@ -435,17 +481,24 @@ class PruneChannelsPass(OnnxpqPass):
     # ---------------------------------------------------------------- importance
 
     def _importance(
-        self, model: ir.Model, groups: list[ChannelGroup], data: Mapping[str, np.ndarray] | None
+        self,
+        model: ir.Model,
+        groups: list[ChannelGroup],
+        data: Mapping[str, np.ndarray] | None,
+        importance: str,
+        consumers: dict[int, list[_Consumer]],
+        moments: dict[Key, tuple[np.ndarray, np.ndarray]],
     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """Score of every unit of every group (inf: a unit no producer owns, never removed)."""
         values = _main_values(model)
         activations: dict[Key, np.ndarray] = {}
-        if self.importance == "activation" and groups:
-            activations = _mean_abs_activations(model, groups, data or {}, values)  # type: ignore[arg-type]
+        fallback = [g for g in groups if not consumers.get(g.index)]
+        if importance == "activation" and fallback:
+            activations = _mean_abs_activations(model, fallback, data or {}, values)  # type: ignore[arg-type]
         scores: dict[int, np.ndarray] = {}
         used: dict[int, str] = {}
         for group in groups:
-            method = self.importance
+            method = importance
             total = np.zeros(group.units)
             if method == "bn-scale":
                 scales = [m for m in group.members if m.role == "bn-scale"]
@@ -455,7 +508,16 @@ class PruneChannelsPass(OnnxpqPass):
                         total += np.bincount(member.units, weights=gamma, minlength=group.units)
                 else:
                     method = "l1"
-            if method == "activation":
+            if method == "activation" and consumers.get(group.index):
+                for consumer in consumers[group.index]:
+                    mean, square = moments[consumer.key]
+                    spread = square - mean * mean if (self.compensate and consumer.bias) else square
+                    weight = _constant_array(values[consumer.weight]).astype(np.float64)
+                    other = tuple(a for a in range(weight.ndim) if a != consumer.w_in_axis)
+                    norms = np.square(weight).sum(axis=other) * consumer.alpha**2
+                    total += np.bincount(consumer.units, weights=np.maximum(spread, 0.0) * norms, minlength=group.units)
+            elif method == "activation":
+                method = "activation-output"
                 for key, mean_abs in activations.items():
                     member = group.member(*key)
                     if member is not None:
@@ -911,6 +973,190 @@ def _kept(keep: dict[Key, np.ndarray], key: Key, sizes: dict[Key, int]) -> int:
     return sizes[key] if mask is None else int(mask.sum())
 
 
+def _weighted_consumers(group: ChannelGroup, nodes: dict[str, ir.Node]) -> list[_Consumer]:
+    """The group's consumers that read its channels through a constant weight (importance, compensation)."""
+    result = []
+    for label in group.consumers:
+        node = nodes.get(label)
+        if node is None or node.domain not in _ONNX_DOMAINS or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        x, w = node.inputs[0], (node.inputs[1] if len(node.inputs) > 1 else None)
+        shape = _const_shape(w)
+        if x is None or w is None or not x.name or not w.name or shape is None or _const_shape(x) is not None:
+            continue
+        op = node.op_type
+        alpha, add_node, bias = 1.0, None, None
+        if op == "Conv":
+            if _int_attr(node, "group", 1) != 1:
+                continue
+            in_axis, out_axis, x_axis, bias = 1, 0, 1, "conv"
+            if len(node.inputs) > 2 and node.inputs[2] is not None and _const_shape(node.inputs[2]) is None:
+                bias = None
+        elif op == "Gemm":
+            if len(shape) != 2:
+                continue
+            in_axis, out_axis = (1, 0) if _int_attr(node, "transB", 0) else (0, 1)
+            x_axis = 0 if _int_attr(node, "transA", 0) else 1
+            alpha = _float_attr(node, "alpha", 1.0)
+            c = node.inputs[2] if len(node.inputs) > 2 else None
+            c_shape = _const_shape(c) if c is not None else ()
+            if _float_attr(node, "beta", 1.0) != 0.0 and c_shape is not None and (len(c_shape) < 2 or c_shape[0] == 1):
+                bias = "gemm"
+        else:
+            if len(shape) != 2:
+                continue
+            in_axis, out_axis, x_axis = 0, 1, -1
+            y = node.outputs[0]
+            uses = y.uses()
+            if len(uses) == 1 and not y.is_graph_output():
+                user = uses[0].node
+                other = user.inputs[1 - uses[0].idx] if user.op_type == "Add" and len(user.inputs) == 2 else None
+                other_shape = _const_shape(other)
+                if other_shape and all(d == 1 for d in other_shape[:-1]) and other_shape[-1] == shape[1]:
+                    bias, add_node = "add", user
+        member = group.member(w.name, in_axis)
+        if member is None or member.role != "consumer":
+            continue
+        result.append(_Consumer(node, label, x.name, x_axis, w.name, in_axis, out_axis, member.units, bias, alpha, add_node))
+    return result
+
+
+def _input_moments(
+    model: ir.Model, keys: list[Key], data: Mapping[str, np.ndarray]
+) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+    """``(E[x], E[x²])`` per element of every ``(value, axis)`` on the calibration data (one streamed run per chunk)."""
+    from onnxpq.passes.quantize.calibration import _BatchPlan, _folder_of_serialised_external_tensors, _Runner
+
+    keys = list(dict.fromkeys(keys))
+    values = _main_values(model)
+    sums: dict[Key, list[Any]] = {key: [0.0, 0.0, 0] for key in keys}
+    folder = _folder_of_serialised_external_tensors(model)
+    names_all = list(dict.fromkeys(name for name, _ in keys))
+    for start in range(0, len(names_all), _TENSORS_PER_RUN):
+        names = names_all[start : start + _TENSORS_PER_RUN]
+        runner = _Runner.build(model, [values[n] for n in names], folder)
+        plan = _BatchPlan.build(runner.session, data, _BATCH_SIZE)
+        for batch in runner.run(plan, data, names):
+            arrays = dict(zip(names, batch, strict=True))
+            for key in keys:
+                if key[0] not in arrays:
+                    continue
+                array = np.asarray(arrays[key[0]], dtype=np.float64)
+                if array.ndim == 0 or key[1] >= array.ndim:
+                    raise DataError(f"prune-channels: '{key[0]}' has rank {array.ndim} on the calibration data")
+                flat = np.moveaxis(array, key[1], -1).reshape(-1, array.shape[key[1]])
+                entry = sums[key]
+                entry[0] = entry[0] + flat.sum(axis=0)
+                entry[1] = entry[1] + np.square(flat).sum(axis=0)
+                entry[2] += flat.shape[0]
+        del runner
+    return {key: (np.asarray(s0) / max(n, 1), np.asarray(s1) / max(n, 1)) for key, (s0, s1, n) in sums.items()}
+
+
+def _constant_means(
+    model: ir.Model,
+    groups: list[ChannelGroup],
+    removed: dict[int, np.ndarray],
+    consumers: dict[int, list[_Consumer]],
+) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+    """Without data: what the consumers read from the removed channels when their producer weights are zero.
+
+    A channel whose producer slices are zero outputs a constant (its bias, through BatchNormalization,
+    ReLU6, a depthwise conv's bias, ...); a low-L1 channel is close to that. The constant is measured
+    on a copy of the model with those slices zeroed, on two synthesised inputs (means over all
+    positions; a zero-padded border makes it a little lower than the interior's value).
+    """
+    from onnxpq.analysis.model_inputs import synthesize_inputs
+
+    keys = [c.key for g in groups if removed[g.index].size for c in consumers.get(g.index, []) if c.bias]
+    if not keys:
+        return {}
+    try:
+        inputs = synthesize_inputs(model, 2, seed=0)
+    except ValueError as exc:
+        logger.debug("prune-channels: no constant-channel compensation: %s", exc)
+        return {}
+    copy = model.clone()
+    values = _main_values(copy)
+    for group in groups:
+        gone = removed[group.index]
+        if not gone.size:
+            continue
+        for member in group.members:
+            value = values.get(member.value)
+            if member.role != "producer" or value is None or value.const_value is None:
+                continue
+            array = np.array(value.const_value.numpy())
+            index = [slice(None)] * array.ndim
+            index[member.axis] = np.isin(member.units, gone)  # type: ignore[call-overload]
+            array[tuple(index)] = 0
+            value.const_value = ir.tensor(array, name=value.name)
+    return _input_moments(copy, keys, inputs)
+
+
+def _bias_shifts(
+    groups: list[ChannelGroup],
+    removed: dict[int, np.ndarray],
+    consumers: dict[int, list[_Consumer]],
+    moments: dict[Key, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, tuple[_Consumer, np.ndarray]]:
+    """Per consumer node, the output shift that replaces its removed inputs by their means (full output width).
+
+    ``δ_o = α · Σ_{removed e} Σ_k W[o, e, k] · μ_e`` (k: kernel offsets) — added to the consumer's bias,
+    this keeps the output's mean: a removed channel that carried a constant costs nothing.
+    """
+    shifts: dict[str, tuple[_Consumer, np.ndarray]] = {}
+    for group in groups:
+        gone = removed[group.index]
+        if not gone.size:
+            continue
+        for consumer in consumers.get(group.index, []):
+            if not consumer.bias or consumer.key not in moments:
+                continue
+            mean = moments[consumer.key][0] * np.isin(consumer.units, gone)
+            if not np.any(mean):
+                continue
+            weight = _constant_array(consumer.node.inputs[1]).astype(np.float64)  # type: ignore[arg-type]
+            moved = np.moveaxis(weight, (consumer.w_out_axis, consumer.w_in_axis), (0, -1))
+            shift = consumer.alpha * (moved * mean).reshape(moved.shape[0], -1).sum(axis=1)
+            if consumer.label in shifts:
+                shift = shift + shifts[consumer.label][1]
+            shifts[consumer.label] = (consumer, shift)
+    return shifts
+
+
+def _add_bias_shift(graph: ir.Graph, consumer: _Consumer, shift: np.ndarray, keep: dict[Key, np.ndarray], names: _Names) -> None:
+    """Add ``shift`` (restricted to the kept output channels) to the consumer's bias; a new initializer."""
+    node = consumer.node
+    mask = keep.get((consumer.weight, consumer.w_out_axis))
+    if mask is not None:
+        shift = shift[mask]
+    label = node.name or node.op_type.lower()
+    if consumer.bias == "conv":
+        old = node.inputs[2] if len(node.inputs) > 2 else None
+        dtype = _constant_array(node.inputs[1]).dtype  # type: ignore[arg-type]
+        current = _constant_array(old).astype(np.float64).reshape(-1) if old is not None else np.zeros(shift.size)
+        _set_bias(graph, node, 2, (current + shift).astype(dtype), names, f"{label}_bias_compensated")
+    elif consumer.bias == "gemm":
+        beta = _float_attr(node, "beta", 1.0)
+        old = node.inputs[2] if len(node.inputs) > 2 else None
+        dtype = _constant_array(node.inputs[1]).dtype  # type: ignore[arg-type]
+        current = _constant_array(old).astype(np.float64) if old is not None else np.zeros(shift.size)
+        new = np.broadcast_to(current.reshape(-1) if current.ndim else current, shift.shape) + shift / beta
+        if current.ndim == 2:
+            new = new.reshape(1, -1)
+        _set_bias(graph, node, 2, new.astype(dtype), names, f"{label}_bias_compensated")
+    elif consumer.add_node is not None:
+        add = consumer.add_node
+        index = 1 if add.inputs[0] is node.outputs[0] else 0
+        old = add.inputs[index]
+        current = _constant_array(old)  # type: ignore[arg-type]
+        new = (current.astype(np.float64) + shift.reshape(current.shape)).astype(current.dtype)
+        value = _new_initializer(graph, names, f"{old.name or 'add'}_compensated", new)  # type: ignore[union-attr]
+        add.replace_input_with(index, value)
+        _remove_if_unused(graph, old)  # type: ignore[arg-type]
+
+
 def _mean_abs_activations(
     model: ir.Model, groups: list[ChannelGroup], data: Mapping[str, np.ndarray], values: dict[str, ir.Value]
 ) -> dict[Key, np.ndarray]:
@@ -1059,12 +1305,17 @@ def _levels(model: ir.Model, jobs: list[_Job]) -> list[list[_Job]]:
 
 
 def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray, *, inputs_pruned: bool = False) -> None:
-    """Add one batch; ``inputs_pruned``: x already holds only the kept input channels."""
+    """Add one batch, each sample's rows to its fold (``job.folds``); ``inputs_pruned``: x holds only the kept inputs."""
     features = int(job.in_keep.sum())
     if job.kind == "conv":
         features *= job.conv["kernel_size"]
+    folds = job.folds if job.folds.size else np.zeros(1, dtype=np.int64)
     if job.stats is None:
-        job.stats = LayerStatistics(features, int(job.out_keep.sum()), job.intercept is not None)
+        job.stats = LayerStatistics(features, int(job.out_keep.sum()), job.intercept is not None, int(folds.max()) + 1)
+
+    def fold_of(index: int) -> int:
+        return int(folds[index]) if index < folds.size else index % len(job.stats.folds)  # type: ignore[union-attr]
+
     if job.kind == "conv":
         spec = job.conv
         out_spatial = list(y.shape[2:])
@@ -1073,7 +1324,7 @@ def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray, *, inputs_pruned: bool 
         for n in range(x.shape[0]):
             rows = conv_patches(kept[n : n + 1], spec["kernel"], spec["strides"], pads, spec["dilations"], out_spatial)
             outputs = np.moveaxis(y[n : n + 1], 1, -1).reshape(-1, y.shape[1])[:, job.out_keep]
-            job.stats.add(rows, outputs, fold=job.samples % 2)
+            job.stats.add(rows, outputs, fold=fold_of(job.samples))
             job.samples += 1
         return
     if job.kind == "gemm" and _int_attr(job.node, "transA", 0):
@@ -1081,14 +1332,15 @@ def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray, *, inputs_pruned: bool 
     count = x.shape[0] if x.ndim > 1 else 1
     rows = x.reshape(count, -1, x.shape[-1])
     outputs = y.reshape(count, -1, y.shape[-1])
-    for fold in (0, 1):
-        picked = slice((fold - job.samples) % 2, None, 2)
+    sample_folds = np.asarray([fold_of(job.samples + i) for i in range(count)])
+    for fold in np.unique(sample_folds):
+        picked = sample_folds == fold
         fold_rows = rows[picked].reshape(-1, rows.shape[-1])
         if not inputs_pruned:
             fold_rows = fold_rows[:, job.in_keep]
         fold_outputs = outputs[picked].reshape(-1, outputs.shape[-1])[:, job.out_keep]
         if fold_rows.shape[0]:
-            job.stats.add(fold_rows, fold_outputs, fold=fold)
+            job.stats.add(fold_rows, fold_outputs, fold=int(fold))
     job.samples += count
 
 

@@ -33,14 +33,31 @@ weights W̃ follows from the same sums::
 Choosing ρ. Calibration sets are small next to the number of features (a
 transformer FFN refits ~1,000 inputs from a few thousand token rows), and a
 fit that is too loose matches the calibration rows and generalises worse than
-no refit at all. The sums are kept for two folds (samples alternate between
-them); for every ρ of a grid the fit on one fold is scored on the other, both
-ways, and the ρ with the smallest held-out error wins — or no refit, unless it
-beats the pruned weights W̃₀ held out by at least 0.1 % of their error (so float
-rounding never counts as a gain). The final fit uses both folds. A fixed ρ
-skips the search (the refit is then judged on all calibration rows). Errors are reported relative to ``e`` (``E / e``), both on
-all calibration rows and held out. The intercept absorbs the mean shift that
-removing channels with a non-zero mean causes (as bias correction does for
+no refit at all. The sums are kept per fold (``k`` folds, up to
+:data:`FOLDS`); for every ρ of a grid the fit on the other folds
+(``G − G_f``, ``C − C_f``) is scored on fold f, summed over f, and the ρ with
+the smallest held-out error wins — or no refit, unless it beats the pruned
+weights W̃₀ held out by at least 0.1 % of their error (so float rounding never
+counts as a gain): a refit that makes held-out error worse is never applied.
+The final fit uses every fold. A fixed ρ skips the search (the refit is then
+judged on all calibration rows).
+
+Honest folds. Calibration sets are often several views of few sources (crops
+and flips of one photo): a view of the same photo in the training folds makes
+the held-out error look better than it is. :func:`sample_folds` therefore
+assigns *groups* of near-duplicate samples to folds, never single samples:
+two samples are near-duplicates when the cosine of their signatures (per
+input, centred over the samples: the per-channel mean and standard deviation
+of an image-like float input with three or more channels — views of one
+photo share its colour statistics — or the flattened values otherwise) is at least :data:`DUPLICATE_COSINE` for
+every input; groups are the connected components, taken in order of their
+first sample and cut into ``k`` contiguous blocks of about equal size (so a
+set stored source by source is also split by source). Every spatial position
+of a Conv output is one row, so a sample gives ``H_out · W_out`` rows.
+
+Errors are reported relative to ``e`` (``E / e``), both on all calibration
+rows and held out. The intercept absorbs the mean shift that removing
+channels with a non-zero mean causes (as bias correction does for
 quantization).
 """
 
@@ -48,12 +65,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DAMPING_GRID", "LayerStatistics", "Refit", "conv_patches", "refit"]
+__all__ = ["DAMPING_GRID", "DUPLICATE_COSINE", "FOLDS", "LayerStatistics", "Refit", "conv_patches", "refit", "sample_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +78,13 @@ logger = logging.getLogger(__name__)
 _ROW_CHUNK = 4096
 
 #: The ridge strengths ρ (relative to the mean diagonal of XᵀX) searched by cross-validation.
-DAMPING_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+DAMPING_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+#: Folds of the cross-validation (fewer when there are fewer groups of near-duplicate samples).
+FOLDS = 4
+
+#: Signature cosine at or above which two calibration samples count as views of one source.
+DUPLICATE_COSINE = 0.95
 
 
 class _Sums:
@@ -80,26 +103,29 @@ class _Sums:
 class LayerStatistics:
     """Running ``G = X̃ᵀX̃``, ``C = X̃ᵀY`` and ``e = Σ y²`` of one layer, per fold (float64)."""
 
-    def __init__(self, features: int, outputs: int, intercept: bool) -> None:
+    def __init__(self, features: int, outputs: int, intercept: bool, folds: int = 2) -> None:
         self.features = features
         self.intercept = intercept
         width = features + (1 if intercept else 0)
-        self.folds = (_Sums(width, outputs), _Sums(width, outputs))
+        self.folds = tuple(_Sums(width, outputs) for _ in range(max(1, folds)))
 
     @property
     def rows(self) -> int:
-        return self.folds[0].rows + self.folds[1].rows
+        return sum(f.rows for f in self.folds)
 
     def total(self) -> _Sums:
-        """Both folds together."""
-        a, b = self.folds
-        sums = _Sums(a.gram.shape[0], a.cross.shape[1])
-        sums.gram, sums.cross = a.gram + b.gram, a.cross + b.cross
-        sums.energy, sums.rows = a.energy + b.energy, a.rows + b.rows
+        """Every fold together."""
+        first = self.folds[0]
+        sums = _Sums(first.gram.shape[0], first.cross.shape[1])
+        for fold in self.folds:
+            sums.gram += fold.gram
+            sums.cross += fold.cross
+            sums.energy += fold.energy
+            sums.rows += fold.rows
         return sums
 
     def add(self, x: np.ndarray, y: np.ndarray, fold: int = 0) -> None:
-        """Add rows ``x [R, features]`` and their outputs ``y [R, outputs]`` to fold 0 or 1."""
+        """Add rows ``x [R, features]`` and their outputs ``y [R, outputs]`` to fold ``fold``."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{x.shape[0]} input rows for {y.shape[0]} output rows")
         sums = self.folds[fold]
@@ -116,12 +142,74 @@ class LayerStatistics:
             sums.rows += xs.shape[0]
 
 
+def _minus(total: _Sums, part: _Sums) -> _Sums:
+    rest = _Sums(total.gram.shape[0], total.cross.shape[1])
+    rest.gram, rest.cross = total.gram - part.gram, total.cross - part.cross
+    rest.energy, rest.rows = total.energy - part.energy, total.rows - part.rows
+    return rest
+
+
+def sample_folds(data: Mapping[str, np.ndarray], folds: int = FOLDS, threshold: float = DUPLICATE_COSINE) -> np.ndarray:
+    """Fold index (0 .. k−1) of every calibration sample; near-duplicates share a fold (module docstring).
+
+    ``k = min(folds, number of near-duplicate groups)``; every sample is in fold 0 when there is
+    one group only (no cross-validation is then possible).
+    """
+    arrays = [np.asarray(a) for a in data.values() if np.ndim(a) >= 1]
+    count = len(arrays[0]) if arrays else 0
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    linked = np.ones((count, count), dtype=bool)
+    for array in arrays:
+        if array.dtype.kind == "f" and array.ndim >= 3 and array.shape[1] >= 3:
+            flat = array.reshape(count, array.shape[1], -1).astype(np.float64)
+            signature = np.concatenate([flat.mean(axis=2), flat.std(axis=2)], axis=1)
+        else:
+            signature = array.reshape(count, -1).astype(np.float64)
+        signature = signature - signature.mean(axis=0)
+        norms = np.linalg.norm(signature, axis=1)
+        unit = signature / np.where(norms > 0, norms, 1.0)[:, None]
+        cosine = unit @ unit.T
+        cosine[norms == 0, :] = 1.0  # a sample equal to the mean is like every other one on this input
+        cosine[:, norms == 0] = 1.0
+        linked &= cosine >= threshold
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(linked, 1)), strict=True):
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    roots = [root(i) for i in range(count)]
+    groups = list(dict.fromkeys(roots))  # in order of first sample
+    if len(groups) < 2 <= count:
+        logger.info("calibration folds: all %d samples look alike; folds of single samples", count)
+        roots, groups = list(range(count)), list(range(count))
+    k = max(1, min(folds, len(groups)))
+    sizes = {g: roots.count(g) for g in groups}
+    fold_of_group: dict[int, int] = {}
+    done, fold = 0, 0
+    for g in groups:
+        fold_of_group[g] = fold
+        done += sizes[g]
+        if fold < k - 1 and done >= (fold + 1) * count / k:
+            fold += 1
+    result = np.asarray([fold_of_group[r] for r in roots], dtype=np.int64)
+    logger.debug("calibration folds: %d samples, %d near-duplicate groups, %d folds", count, len(groups), k)
+    return result
+
+
 @dataclass(frozen=True)
 class Refit:
     """The refitted ``W̃ [features(+1), outputs]`` and the relative output errors.
 
-    ``error_*`` are on all calibration rows; ``heldout_*`` are the two-fold
-    cross-validation estimates (None when ρ was fixed or a fold was empty).
+    ``error_*`` are on all calibration rows; ``heldout_*`` are the k-fold
+    cross-validation estimates (None when ρ was fixed or fewer than two folds hold rows).
     ``improved`` says whether to use the refit.
     """
 
@@ -134,20 +222,41 @@ class Refit:
     improved: bool
 
 
-def _solve(sums: _Sums, current: np.ndarray, damping: float, intercept: bool, features: int) -> np.ndarray:
-    """``(G + λD)⁻¹ (C + λ D W̃₀)`` with ``λ = damping · mean(diag(XᵀX))`` (one LU solve)."""
-    penalty = np.ones(sums.gram.shape[0])
-    if intercept:
-        penalty[-1] = 0.0
-    lam = damping * float(np.mean(np.diag(sums.gram)[:features])) if features else 0.0
-    if not lam > 0.0:
-        lam = 1e-12
-    system = sums.gram + lam * np.diag(penalty)
-    target = sums.cross + lam * penalty[:, None] * current
+def _ridge_path(sums: _Sums, current: np.ndarray, dampings: Sequence[float], intercept: bool, features: int) -> list[np.ndarray]:
+    """``(G + λD)⁻¹ (C + λ D W̃₀)`` for every ρ of ``dampings`` (``λ = ρ · mean(diag(XᵀX))``), one eigendecomposition.
+
+    With an unpenalised intercept the problem is the centred one: with ``n`` rows, ``s = Σx``,
+    ``t = Σy``, ``G_c = XᵀX − s sᵀ/n`` and ``C_c = XᵀY − s tᵀ/n``, ``W' = (G_c + λI)⁻¹(C_c + λW₀)``
+    and ``b' = (t − W'ᵀ s)/n``. ``G_c = QΛQᵀ`` once; each λ is then ``Q diag(1/(Λ+λ)) Qᵀ(…)``.
+    """
+    f = features
+    gram, cross = sums.gram, sums.cross
+    if intercept and gram[f, f] > 0:
+        n = gram[f, f]
+        s, t = gram[:f, f], cross[f]
+        centred_gram = gram[:f, :f] - np.outer(s, s) / n
+        centred_cross = cross[:f] - np.outer(s, t) / n
+    else:
+        n, s, t = 0.0, None, None
+        centred_gram, centred_cross = gram[:f, :f], cross[:f]
+    scale = float(np.mean(np.diag(gram)[:f])) if f else 0.0
     try:
-        return np.linalg.solve(system, target)
+        evals, basis = np.linalg.eigh(centred_gram)
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(system, target, rcond=None)[0]
+        evals, basis = np.zeros(f), np.eye(f)
+    evals = np.maximum(evals, 0.0)
+    projected, projected_current = basis.T @ centred_cross, basis.T @ current[:f]
+    result = []
+    for damping in dampings:
+        lam = damping * scale
+        if not lam > 0.0:
+            lam = 1e-12
+        weights = basis @ ((projected + lam * projected_current) / (evals + lam)[:, None])
+        if intercept:
+            bias = (t - weights.T @ s) / n if n > 0 else current[f]  # type: ignore[operator]
+            weights = np.concatenate([weights, bias[None, :]], axis=0)
+        result.append(weights)
+    return result
 
 
 def _lowers(after: float, before: float) -> bool:
@@ -156,29 +265,28 @@ def _lowers(after: float, before: float) -> bool:
 
 
 def refit(stats: LayerStatistics, current: np.ndarray, damping: float | None = None) -> Refit:
-    """Ridge least squares towards ``current`` W̃ (module docstring); ρ by two-fold CV when ``damping`` is None."""
+    """Ridge least squares towards ``current`` W̃ (module docstring); ρ by k-fold CV when ``damping`` is None."""
     total = stats.total()
     if total.rows == 0:
         raise ValueError("no calibration rows")
     scale = total.energy if total.energy > 0 else 1.0
     heldout_before = heldout_after = None
-    folds = stats.folds
-    if damping is None and folds[0].rows and folds[1].rows:
-        held_scale = (folds[0].energy + folds[1].energy) or 1.0
-        baseline = (folds[0].error(current) + folds[1].error(current)) / held_scale
-        pairs = ((folds[0], folds[1]), (folds[1], folds[0]))
-        scores = [
-            sum(test.error(_solve(train, current, rho, stats.intercept, stats.features)) for train, test in pairs)
-            / held_scale
-            for rho in DAMPING_GRID
-        ]
+    folds = [f for f in stats.folds if f.rows]
+    if damping is None and len(folds) >= 2:
+        held_scale = sum(f.energy for f in folds) or 1.0
+        baseline = sum(f.error(current) for f in folds) / held_scale
+        scores = [0.0] * len(DAMPING_GRID)
+        for test in folds:
+            fits = _ridge_path(_minus(total, test), current, DAMPING_GRID, stats.intercept, stats.features)
+            for index, weights in enumerate(fits):
+                scores[index] += test.error(weights) / held_scale
         best = int(np.argmin(scores))
         chosen, heldout_before, heldout_after = DAMPING_GRID[best], baseline, scores[best]
         improved = _lowers(scores[best], baseline)
     else:
         chosen = damping if damping is not None else 1e-2
         improved = None
-    weights = _solve(total, current, chosen, stats.intercept, stats.features)
+    weights = _ridge_path(total, current, [chosen], stats.intercept, stats.features)[0]
     before = total.error(current) / scale
     after = total.error(weights) / scale
     if not math.isfinite(after):
