@@ -12,8 +12,35 @@ sliced along its output-channel axis; ``W_u`` is every producer slice of u):
 * ``l1``: ``Σ |W_u|``; ``l2``: ``sqrt(Σ W_u²)`` (the group norm of DepGraph);
 * ``bn-scale``: ``Σ |γ_u|`` over the group's BatchNormalization scales (Network
   Slimming, Liu et al. 2017); groups without a BatchNormalization use ``l1``;
-* ``activation``: ``Σ mean |y_u|`` over the producers' outputs on the
-  calibration data (onnxruntime, streamed batch by batch).
+* ``activation`` (data-aware): the output error the group's consumers suffer
+  when the unit is replaced by its mean, measured where the consumers read it
+  — *after* the nonlinearity (ReLU6, GELU, a depthwise conv, ...)::
+
+      score_u = Σ_consumers Σ_{e ∈ u} Var[x_e] · ||W[:, e]||²
+
+  (``x_e``: the consumer's input element on the calibration data, ``W[:, e]``
+  its weight slice over outputs and kernel offsets; ``E[x_e²]`` instead of the
+  variance where the consumer has no bias to compensate into, or with
+  ``compensate=false``). A channel that only passes a constant (a folded-BN
+  bias through ReLU6) scores 0 — L1 on weights cannot see that. Consumers are
+  Conv (group 1), Gemm and 2-D-weight MatMul; a group without one falls back
+  to ``Σ mean |y_u|`` over the producers' outputs (``activation-output``);
+* ``auto`` (default): ``activation`` when the context has calibration data,
+  else ``l1``.
+
+Compensation (``compensate``, on by default). Removing input element e of a
+consumer drops ``W[:, e] · x_e`` from its output; replacing x_e by a constant
+``μ_e`` keeps the output's mean::
+
+    b'_consumer = b_consumer + α · Σ_{removed e} Σ_k W[:, e, k] · μ_e
+
+(k: kernel offsets; α: Gemm's alpha, C gets ``/β``). With calibration data μ_e
+is the mean of x_e in the unpruned model; without, it is the value the
+consumer reads when the removed channels' producer weights are zero (their
+bias through whatever follows: the constant channel; measured on two
+synthesised inputs). A Conv gets a bias when it had none; a MatMul needs a
+following Add of a constant vector (else no compensation, and the importance
+uses ``E[x²]``). Zero padding at a conv's border sees 0, not μ, there.
 
 Selection. Each group is split into *sections* (the units of the same
 producers: a Concat's inputs are separate sections). ``scope=layer``: every
@@ -39,7 +66,8 @@ Reconstruction (``reconstruct``: ``on``; ``auto`` = on when the context has
 calibration data) refits every layer whose input channels were removed — Conv
 (group 1, any kernel, by im2col), Gemm and MatMul with a constant weight — by
 ridge least squares against the unpruned model's outputs, with the ridge
-strength chosen by two-fold cross-validation unless ``damping`` fixes it; see
+strength chosen by k-fold cross-validation over groups of near-duplicate
+calibration samples unless ``damping`` fixes it; see
 :mod:`onnxpq.passes.prune.reconstruction` for the math. A refit is kept only
 when it lowers the layer's held-out output error. ``reconstruct_inputs``:
 
