@@ -930,3 +930,78 @@ def test_a_bias_shared_by_two_layers_gets_a_sliced_copy_per_layer() -> None:
     assert pruned.graph.node("a1").inputs[1] is not pruned.graph.node("a2").inputs[1]
     assert "B" not in pruned.graph.initializers
     np.testing.assert_allclose(_run(pruned, feeds)[0], _run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- importance after the nonlinearity, compensation
+
+
+def _constant_channel_model(consumer: str) -> tuple[ir.Model, np.ndarray]:
+    """c1's channels 0-3 have zero weights and biases of 1-4 (after Relu: constants); a 1x1 Conv or a Gemm reads them."""
+    w = _Weights(0, zero=False)
+    w1 = w.normal(8, 3, 1, 1)
+    w1[:4] = 0.0
+    b1 = np.concatenate([np.arange(1, 5), 0.1 * w.normal(4)]).astype(np.float32)
+    if consumer == "conv":
+        graph = """
+        const (float[N, 3, 4, 4] x) => (float[N, 2, 4, 4] y) {
+            c1 = Conv (x, W1, B1)
+            r1 = Relu (c1)
+            y = Conv (r1, W2)
+        }"""
+        weights = {"W1": w1, "B1": b1, "W2": w.normal(2, 8, 1, 1)}
+    else:
+        graph = """
+        const (float[N, 3] x) => (float[N, 2] y) {
+            c1 = Gemm <transB = 1> (x, W1, B1)
+            r1 = Relu (c1)
+            y = Gemm <transB = 1, alpha = 0.5, beta = 2.0> (r1, W2, B2)
+        }"""
+        weights = {"W1": w1.reshape(8, 3), "B1": b1, "W2": w.normal(2, 8), "B2": w.normal(2)}
+    return _model(graph, weights), w1
+
+
+@pytest.mark.parametrize("consumer", ["conv", "gemm"])
+def test_constant_channels_are_folded_into_the_consumer_bias_without_data(consumer: str) -> None:
+    model, _ = _constant_channel_model(consumer)
+    feeds = _inputs(model, 5, seed=1)
+    want = _run(model, feeds)[0]
+    compensated, notes, _ = _prune(model, ratio=0.5, importance="l1")
+    plain, _, _ = _prune(model, ratio=0.5, importance="l1", compensate=False)
+    assert notes["compensation"] == "constant channels"
+    assert _initializer_of(compensated, "c1", 1).shape[0] == 4
+    np.testing.assert_allclose(_run(compensated, feeds)[0], want, rtol=1e-5, atol=1e-5)
+    assert _relative_error(_run(plain, feeds), [want]) > 1e-2  # without it the constants are lost
+
+
+def test_activation_importance_scores_a_constant_channel_zero_and_compensates_its_mean() -> None:
+    # Channels 0-3 have the largest weights but read input channel 0, which is constant (2.0) in the data:
+    # after Relu they are constants, not zero. L1 keeps them; activation importance removes them.
+    w = _Weights(0, zero=False)
+    w1 = w.normal(8, 3, 1, 1)
+    w1[:4, 0] = 10.0
+    w1[:4, 1:] = 0.0
+    graph = """
+    act (float[N, 3, 4, 4] x) => (float[N, 2, 4, 4] y) {
+        c = Conv (x, W1)
+        r = Relu (c)
+        y = Conv (r, W2, B2)
+    }"""
+    model = _model(graph, {"W1": w1, "W2": w.normal(2, 8, 1, 1), "B2": w.normal(2)})
+    data = _inputs(model, 16, seed=1)
+    data["x"][:, 0] = 2.0
+    pruned, notes, _ = _prune(model, data, ratio=0.5)  # importance auto -> activation with data
+    assert notes["importance"] == "activation" and notes["compensation"] == "measured means"
+    np.testing.assert_array_equal(_initializer_of(pruned, "c", 1), w1[4:])
+    np.testing.assert_allclose(_run(pruned, data)[0], _run(model, data)[0], rtol=1e-4, atol=1e-4)
+    l1, _, _ = _prune(model, data, ratio=0.5, importance="l1")
+    np.testing.assert_array_equal(_initializer_of(l1, "c", 1), w1[:4])
+
+
+def test_compensation_keeps_the_mean_of_the_consumer_output() -> None:
+    case = _case("conv-chain", zero=False)
+    data = _inputs(case.model, 64, seed=2)
+    want = _run(case.model, data)[0]
+    for compensate, close in ((True, True), (False, False)):
+        pruned, _, _ = _prune(case.model, data, ratio=0.5, importance="l1", compensate=compensate)
+        shift = np.abs(_run(pruned, data)[0].mean(axis=(0, 2, 3)) - want.mean(axis=(0, 2, 3))).max()
+        assert (shift < 0.02 * np.abs(want).mean()) == close, (compensate, shift)
