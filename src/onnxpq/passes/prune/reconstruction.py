@@ -223,11 +223,12 @@ class Refit:
 
 
 def _ridge_path(sums: _Sums, current: np.ndarray, dampings: Sequence[float], intercept: bool, features: int) -> list[np.ndarray]:
-    """``(G + λD)⁻¹ (C + λ D W̃₀)`` for every ρ of ``dampings`` (``λ = ρ · mean(diag(XᵀX))``), one eigendecomposition.
+    """``(G + λD)⁻¹ (C + λ D W̃₀)`` for every ρ of ``dampings`` (``λ = ρ · mean(diag(XᵀX))``).
 
     With an unpenalised intercept the problem is the centred one: with ``n`` rows, ``s = Σx``,
     ``t = Σy``, ``G_c = XᵀX − s sᵀ/n`` and ``C_c = XᵀY − s tᵀ/n``, ``W' = (G_c + λI)⁻¹(C_c + λW₀)``
-    and ``b' = (t − W'ᵀ s)/n``. ``G_c = QΛQᵀ`` once; each λ is then ``Q diag(1/(Λ+λ)) Qᵀ(…)``.
+    and ``b' = (t − W'ᵀ s)/n`` (one symmetric solve of size ``features`` per ρ; an
+    eigendecomposition shared by all ρ costs more than the few solves of a short grid).
     """
     f = features
     gram, cross = sums.gram, sums.cross
@@ -240,18 +241,17 @@ def _ridge_path(sums: _Sums, current: np.ndarray, dampings: Sequence[float], int
         n, s, t = 0.0, None, None
         centred_gram, centred_cross = gram[:f, :f], cross[:f]
     scale = float(np.mean(np.diag(gram)[:f])) if f else 0.0
-    try:
-        evals, basis = np.linalg.eigh(centred_gram)
-    except np.linalg.LinAlgError:
-        evals, basis = np.zeros(f), np.eye(f)
-    evals = np.maximum(evals, 0.0)
-    projected, projected_current = basis.T @ centred_cross, basis.T @ current[:f]
     result = []
+    identity = np.eye(f)
     for damping in dampings:
         lam = damping * scale
         if not lam > 0.0:
             lam = 1e-12
-        weights = basis @ ((projected + lam * projected_current) / (evals + lam)[:, None])
+        system, target = centred_gram + lam * identity, centred_cross + lam * current[:f]
+        try:
+            weights = np.linalg.solve(system, target)
+        except np.linalg.LinAlgError:
+            weights = np.linalg.lstsq(system, target, rcond=None)[0]
         if intercept:
             bias = (t - weights.T @ s) / n if n > 0 else current[f]  # type: ignore[operator]
             weights = np.concatenate([weights, bias[None, :]], axis=0)
