@@ -1005,3 +1005,26 @@ def test_compensation_keeps_the_mean_of_the_consumer_output() -> None:
         pruned, _, _ = _prune(case.model, data, ratio=0.5, importance="l1", compensate=compensate)
         shift = np.abs(_run(pruned, data)[0].mean(axis=(0, 2, 3)) - want.mean(axis=(0, 2, 3))).max()
         assert (shift < 0.02 * np.abs(want).mean()) == close, (compensate, shift)
+
+
+def test_constant_channels_of_a_matmul_mlp_are_folded_into_the_following_add() -> None:
+    w = _Weights(0, zero=False)
+    w1 = w.normal(3, 8)
+    w1[:, :4] = 0.0
+    b1 = np.concatenate([np.arange(1, 5), 0.1 * w.normal(4)]).astype(np.float32)
+    graph = """
+    mlp (float[N, 5, 3] x) => (float[N, 5, 2] y) {
+        h = MatMul (x, W1)
+        hb = Add (h, B1)
+        r = Relu (hb)
+        o = MatMul (r, W2)
+        y = Add (o, B2)
+    }"""
+    model = _model(graph, {"W1": w1, "B1": b1, "W2": w.normal(8, 2), "B2": w.normal(2)})
+    feeds = _inputs(model, 4, seed=1)
+    pruned, notes, _ = _prune(model, ratio=0.5, importance="l1")
+    assert _initializer_of(pruned, "h", 1).shape == (3, 4)
+    assert notes["compensation"] == "constant channels"
+    np.testing.assert_allclose(_run(pruned, feeds)[0], _run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+    plain, _, _ = _prune(model, ratio=0.5, importance="l1", compensate=False)
+    assert _relative_error(_run(plain, feeds), _run(model, feeds)) > 1e-2
