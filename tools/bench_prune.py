@@ -451,7 +451,7 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
     return load + (f"; OTHER BENCHMARKS RAN MEANWHILE: {', '.join(others)}" if others else "; no other benchmark ran")
 
 
-def _profile_session(path: Path) -> Any:
+def _profile_session(path: Path, optimized: Path | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -460,7 +460,19 @@ def _profile_session(path: Path) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"bench_prune_profile_{os.getpid()}")
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _weight_sizes(optimized: Path) -> dict[str, int]:
+    """Elements of each MAC op's weight (input 1) in onnxruntime's optimized graph: ∝ its MACs at fixed spatial size."""
+    import onnx
+
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    dims = {t.name: math.prod(t.dims) for t in graph.initializer}
+    return {n.name: dims[n.input[1]] for n in graph.node if n.op_type in PROFILE_MAC_OPS and len(n.input) > 1
+            and n.input[1] in dims}  # fmt: skip
 
 
 def _profile_figures(session: Any) -> dict[str, float]:
@@ -473,9 +485,11 @@ def _profile_figures(session: Any) -> dict[str, float]:
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             per_node.setdefault((e["name"], e.get("args", {}).get("op_name", "")), []).append(e["dur"])
-    mac = sum(statistics.median(d[WARMUP:] or d) for (_, op), d in per_node.items() if op in PROFILE_MAC_OPS)
-    other = sum(statistics.median(d[WARMUP:] or d) for (_, op), d in per_node.items() if op not in PROFILE_MAC_OPS)
-    return {"run": statistics.median(total) if total else float("nan"), "mac": mac, "other": other, "nodes": len(per_node)}
+    medians = {(name[: -len("_kernel_time")], op): statistics.median(d[WARMUP:] or d) for (name, op), d in per_node.items()}
+    mac = sum(t for (_, op), t in medians.items() if op in PROFILE_MAC_OPS)
+    other = sum(t for (_, op), t in medians.items() if op not in PROFILE_MAC_OPS)
+    return {"run": statistics.median(total) if total else float("nan"), "mac": mac, "other": other,
+            "nodes": len(per_node), "per_node": medians}  # fmt: skip
 
 
 def profile_breakdown(files: ModelFiles, variants: list[Variant], test_inputs: dict[str, Any],
@@ -493,15 +507,20 @@ def profile_breakdown(files: ModelFiles, variants: list[Variant], test_inputs: d
     for batch in batches:
         feed = _first(test_inputs, batch)
         logger.info("%s: onnxruntime profile, batch %d, %d variants", files.name, batch, len(chosen))
-        sessions = [_profile_session(v.path) for v in chosen]  # type: ignore[arg-type]
+        graphs = [Path(tempfile.gettempdir()) / f"bench_prune_opt_{os.getpid()}_{i}.onnx" for i in range(len(chosen))]
+        sessions = [_profile_session(v.path, g) for v, g in zip(chosen, graphs, strict=True)]  # type: ignore[arg-type]
+        sizes = [_weight_sizes(g) for g in graphs]
+        for g in graphs:
+            g.unlink(missing_ok=True)
         rounds = runs if batch == 1 else max(20, runs // 5)
         for _ in range(WARMUP + rounds):
             for session in sessions:
                 session.run(None, feed)
         figures = [_profile_figures(session) for session in sessions]
         del sessions
-        for variant, figure in zip(chosen, figures, strict=True):
-            rows.append({"variant": variant, "batch": batch, **figure, "base": figures[0]})
+        for variant, figure, size in zip(chosen, figures, sizes, strict=True):
+            rows.append({"variant": variant, "batch": batch, **figure, "base": figures[0], "sizes": size,
+                         "base_sizes": sizes[0]})  # fmt: skip
     return rows
 
 
@@ -778,6 +797,29 @@ def profile_lines(run: ModelRun) -> list[str]:
             f"{_fmt(mac_per, 3)} | {row['other']:.1f} | {overhead:.1f} | {_fmt(share * 100 if share is not None else None, 1, ' %')} "
             f"| {_fmt(run_per, 3)} |"
         )
+    last = run.profile[-1]
+    base, pruned = last["base"], last
+    if pruned["variant"].kind != "fp32":
+        lines += [
+            "",
+            f"Per MAC op, {pruned['variant'].label} vs fp32 at batch {last['batch']} (weight elements ∝ MACs at the same "
+            "spatial size; the time ratio above the MAC ratio is the kernel doing less work per call):",
+            "",
+            "| node (onnxruntime's optimized graph) | op | weight elements fp32 → pruned | MAC ratio | µs fp32 → pruned "
+            "| time ratio | time ratio ÷ MAC ratio |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for (name, op), t0 in base["per_node"].items():
+            if op not in PROFILE_MAC_OPS or (name, op) not in pruned["per_node"]:
+                continue
+            t1 = pruned["per_node"][(name, op)]
+            w0, w1 = last["base_sizes"].get(name), last["sizes"].get(name)
+            mac = w1 / w0 if w0 and w1 else None
+            time_ratio = t1 / t0 if t0 else None
+            lines.append(
+                f"| {name} | {op} | {_fmt(w0, 0)} → {_fmt(w1, 0)} | {_fmt(mac, 3)} | {t0:.1f} → {t1:.1f} | "
+                f"{_fmt(time_ratio, 3)} | {_fmt(time_ratio / mac if time_ratio and mac else None, 3)} |"
+            )
     return [*lines, ""]
 
 
