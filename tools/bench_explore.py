@@ -60,11 +60,14 @@ MODELS_DIR = Path(os.environ.get("ONNXPQ_MODELS", Path.home() / ".cache" / "onnx
 DATA_DIR = REPO_ROOT / "src" / "onnxpq" / "data"
 #: Samples per timed run on cpu: at batch 1 the two small CNNs are dominated by per-kernel overhead.
 LATENCY_BATCH = {"digits": 64, "mnist": 8, "mobilenetv2": 1}
-#: Per model: cheaper settings where the model is large (documented in the section).
+#: Per model (or ``model-target``): cheaper settings where evaluations are dear (printed in each block).
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"sensitivity_samples": 64},
     "mnist": {"sensitivity_samples": 64, "additivity_check": 12},
-    "mobilenetv2": {"sensitivity_samples": 8, "channel_ratios": (0.5,), "weight_bits": (3, 4, 6, 8), "weight_method": "rtn"},
+    "mnist-vbit": {"sensitivity_samples": 64, "calibration_samples": 128, "weight_bits": (2, 3, 4, 6, 8),
+                   "weight_method": "rtn", "additivity_check": 12},
+    "mobilenetv2": {"sensitivity_samples": 8, "calibration_samples": 32, "channel_ratios": (0.5,),
+                    "weight_bits": (3, 4, 6, 8), "weight_method": "rtn"},
 }
 
 
@@ -113,7 +116,7 @@ def run_one(name: str, target: str, work: Path, runs: int, fresh: bool) -> dict[
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     ort_model = ort_static(model, calib, work / f"{name}-ort-static-u8s8.onnx")
-    settings = dict(SETTINGS.get(name, {}))
+    settings = dict(SETTINGS.get(f"{name}-{target}", SETTINGS.get(name, {})))
     start = time.perf_counter()
     result = explore_mod.explore(
         model, out, target=target, data=test, calibration=calib, executor="local", workers=1,

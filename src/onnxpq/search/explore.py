@@ -192,7 +192,7 @@ class _Explorer:
 
 
 def _prepare(ex: _Explorer, ir_model: ir.Model, data: PathLike | None, calibration: PathLike | None,
-             sensitivity_samples: int) -> None:
+             sensitivity_samples: int, calibration_samples: int | None) -> None:
     dataset = synthesized_dataset(ir_model, 64) if data is None else load_dataset(data, ir_model)
     if calibration is not None:
         calib = load_dataset(calibration, ir_model)
@@ -200,6 +200,8 @@ def _prepare(ex: _Explorer, ir_model: ir.Model, data: PathLike | None, calibrati
         calib, dataset = dataset.split()
     else:
         calib = dataset
+    if calibration_samples is not None:
+        calib = calib.head(calibration_samples)
     sens = calib.head(sensitivity_samples)
     ex.has_labels = dataset.labels is not None
     ex.eval_samples, ex.calib_samples, ex.sens_samples = dataset.samples, calib.samples, sens.samples
@@ -231,12 +233,9 @@ def _prepare(ex: _Explorer, ir_model: ir.Model, data: PathLike | None, calibrati
 
 def _planner_costs(ex: _Explorer, space: LayerSpace, cost_model: str) -> tuple[Callable[[str, LayerSetting], float], str]:
     used = cost_model
-    if cost_model == "measured":
-        try:
-            import onnxpq.analysis.node_latency  # noqa: F401
-        except ImportError:
-            logger.warning("planner: per-layer latency profiling (analysis.node_latency) is not available; planning on bops")
-            used = "bops"
+    if cost_model == "measured" and ex.target.providers[0] not in ort.get_available_providers():
+        logger.warning("planner: %s is not available here to profile layers; planning on bops", ex.target.providers[0])
+        used = "bops"
     memo: dict[tuple[str, LayerSetting], float] = {}
 
     def cost_of(layer: str, setting: LayerSetting) -> float:
@@ -278,6 +277,7 @@ def explore(
     weight_method: str | None = None,
     weight_bits: tuple[int, ...] | None = None,
     sensitivity_samples: int = 64,
+    calibration_samples: int | None = None,
     latency_runs: int = 30,
     latency_batch: int = 1,
     extra_baselines: dict[str, PathLike] | None = None,
@@ -298,6 +298,7 @@ def explore(
         weight_method: ``quantize-weights`` method (``rtn``/``gptq``) instead of the target's.
         weight_bits: a subset of the target's weight widths to consider (None: all).
         sensitivity_samples: calibration samples the sensitivities are measured on.
+        calibration_samples: use at most this many calibration samples (None: all).
         latency_runs: interleaved timed runs per model when latency is measured.
         latency_batch: samples per timed run (latency_ms is per run of this batch).
         extra_baselines: name → a model file to show as a baseline (e.g. another tool's output).
@@ -327,7 +328,7 @@ def explore(
     run_executor = make_executor(executor, workers=workers, address=address)
     ex = _Explorer(model_path, out, chosen_target, run_executor, progress)
     started = time.perf_counter()
-    _prepare(ex, ir_model, data, calibration, sensitivity_samples)
+    _prepare(ex, ir_model, data, calibration, sensitivity_samples, calibration_samples)
 
     facts = layer_facts(ex.clean)
     space = LayerSpace.build(ex.clean, facts)
@@ -356,7 +357,7 @@ def explore(
 
     baselines = _baselines(ex, passes)
     points_out: dict[str, dict[str, Any]] = {}
-    evaluate_plans(ex, passes, space, plans, points_out, cost_of)
+    _evaluate_plans(ex, passes, space, plans, points_out, cost_of)
     baseline_tasks = {f"b-{name}": ex.task(text) for name, text in baselines.items()}
     for name, path in (extra_baselines or {}).items():
         baseline_tasks[f"b-{name}"] = ex.task("", model=Path(path))
@@ -368,7 +369,7 @@ def explore(
 
     if max_accuracy_drop is not None:
         extra = _refine(curve, [p for p in points_out.values() if p["kind"] == "planned"], float_quality, max_accuracy_drop)
-        evaluate_plans(ex, passes, space, extra, points_out, cost_of)
+        _evaluate_plans(ex, passes, space, extra, points_out, cost_of)
 
     if additivity_check:
         rng = np.random.default_rng(0)
@@ -377,7 +378,7 @@ def explore(
             picks = {layer: opts[int(rng.integers(len(opts)))] for layer, opts in options.items()}
             randoms.append(Plan({k: o.setting for k, o in picks.items()}, sum(o.error for o in picks.values()),
                                 sum(o.cost for o in picks.values()), "random", {k: o.keep for k, o in picks.items() if o.keep < 1}))
-        evaluate_plans(ex, passes, space, randoms, points_out, cost_of, kind="random")
+        _evaluate_plans(ex, passes, space, randoms, points_out, cost_of, kind="random")
 
     latency_measured = chosen_target.cost.model == "measured" and chosen_target.providers[0] in ort.get_available_providers()
     _latencies(ex, passes, points_out, latency_measured, latency_runs, latency_batch)
@@ -478,7 +479,7 @@ def _point(key: str, kind: str, lossy: str, passes: TargetPasses, result: dict[s
     return point
 
 
-def evaluate_plans(ex: _Explorer, passes: TargetPasses, space: LayerSpace, plans: list[Plan],
+def _evaluate_plans(ex: _Explorer, passes: TargetPasses, space: LayerSpace, plans: list[Plan],
                    points_out: dict[str, dict[str, Any]], cost_of: Callable[[str, LayerSetting], float],
                    kind: str = "planned") -> None:
     """Evaluate ``plans`` (skipping configurations already among the points) and add them as points."""
