@@ -63,7 +63,7 @@ LATENCY_BATCH = {"digits": 64, "mnist": 8, "mobilenetv2": 1}
 #: Per model (or ``model-target``): cheaper settings where evaluations are dear (printed in each block).
 SETTINGS: dict[str, dict[str, Any]] = {
     "digits": {"sensitivity_samples": 64},
-    "mnist": {"sensitivity_samples": 64, "additivity_check": 12},
+    "mnist": {"sensitivity_samples": 64, "calibration_samples": 128, "additivity_check": 12},
     "mnist-vbit": {"sensitivity_samples": 64, "calibration_samples": 128, "weight_bits": (2, 3, 4, 6, 8),
                    "weight_method": "rtn", "additivity_check": 12},
     "mobilenetv2": {"sensitivity_samples": 8, "calibration_samples": 32, "channel_ratios": (0.5,),
