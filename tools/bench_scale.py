@@ -121,14 +121,14 @@ def model_bytes(path: Path) -> int:
     return path.stat().st_size + (path.parent / DATA_NAME).stat().st_size
 
 
-def _reusable(folder: Path, layers: int) -> bool:
+def _reusable(folder: Path, layers: int, side: int) -> bool:
     import onnx
 
     path = folder / MODEL_NAME
     if not path.is_file() or not (folder / DATA_NAME).is_file():
         return False
     stamp = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}.get("bench_scale")
-    return stamp is not None and json.loads(stamp) == {"side": SIDE, "layers": layers, "seed": SEED}
+    return stamp is not None and json.loads(stamp) == {"side": side, "layers": layers, "seed": SEED}
 
 
 @dataclasses.dataclass
@@ -217,14 +217,15 @@ def check_output(model: Path, output: Path, side: int = SIDE) -> float:
     return math.inf if noise == 0 else 10 * math.log10(float(np.sum(reference**2)) / noise)
 
 
-def render(runs: list[Run], args: argparse.Namespace, layers: int, size: int, max_ratio: float) -> str:
+def render(runs: list[Run], args: argparse.Namespace, layers: int, side: int, size: int, max_ratio: float) -> str:
     lines = [
         "## Scale: optimize a multi-GiB external-data model in bounded memory",
         "",
         f"- Command: `{shlex.join(['python', 'tools/bench_scale.py', *args.argv])}`",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         *machine_lines(),
-        f"- Model: {layers} x (MatMul [1,{SIDE}]x[{SIDE},{SIDE}] + Relu), float32 random weights, "
+        f"- Model: {layers} x (MatMul [1,{side}]x[{side},{side}] + Relu), float32 random weights "
+        f"({side * side * 4 / 2**20:.0f} MiB a layer), "
         f"{size / 2**30:.2f} GiB on disk (`{DATA_NAME}`), generated streaming (one layer in memory)",
         "- Each run: the CLI in a fresh process under `/usr/bin/time -v` (peak RSS = the whole command: load, passes, "
         "atomic save, validation in onnxruntime, report); the output then checked apart: `load_model`, one full "
@@ -270,25 +271,27 @@ def write_section(benchmarks: Path, section: str) -> None:
         raise
 
 
-def run_scale(work: Path, size_gib: float, pipelines: tuple[str, ...] | list[str]) -> tuple[Path, int, list[Run]]:
+def run_scale(
+    work: Path, size_gib: float, pipelines: tuple[str, ...] | list[str], side: int = SIDE
+) -> tuple[Path, int, list[Run]]:
     """Build (or reuse) the model in ``work``, measure every pipeline, check every output; return (model, layers, runs)."""
-    layers = layers_for(size_gib)
-    need = int(layers * SIDE * SIDE * 4 * 1.6) + 2**28  # input + the largest output (int8: 0.25x) + staging
+    layers = layers_for(size_gib, side)
+    need = int(layers * side * side * 4 * 1.6) + 2**28  # input + the largest output (int8: 0.25x) + staging
     free = shutil.disk_usage(work).free
-    if _reusable(work, layers):
+    if _reusable(work, layers, side):
         model = work / MODEL_NAME
         logger.info("reusing %s", model)
     else:
         if free < need:
             raise SystemExit(f"not enough disk space in {work}: {free / 2**30:.1f} GiB free, need {need / 2**30:.1f}")
         started = time.perf_counter()
-        model = build_model(work, layers)
+        model = build_model(work, layers, side)
         logger.info("wrote %d layers (%.2f GiB) in %.0f s", layers, model_bytes(model) / 2**30, time.perf_counter() - started)
     runs = []
     for index, pipeline in enumerate(pipelines):
         out_dir = work / f"out{index}"
         run = measure(model, out_dir, pipeline)
-        run.sqnr_db = check_output(model, out_dir / MODEL_NAME)
+        run.sqnr_db = check_output(model, out_dir / MODEL_NAME, side)
         logger.info(
             "%s: peak RSS %.0f MiB (%.3f x), %.1f s, output SQNR %.1f dB",
             pipeline, run.peak_rss_bytes / 2**20, run.ratio, run.wall_s, run.sqnr_db,
@@ -301,6 +304,7 @@ def run_scale(work: Path, size_gib: float, pipelines: tuple[str, ...] | list[str
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gib", type=float, default=3.0, help="float32 weights in GiB (default 3.0)")
+    parser.add_argument("--side", type=int, default=SIDE, help=f"weight side (default {SIDE}: 64 MiB float32 layers)")
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), help="pipelines to run (default: both)")
     parser.add_argument("--max-ratio", type=float, default=0.5, help="peak RSS / model size limit (default 0.5)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the model (reused when it matches)")
@@ -318,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep.resolve() if args.keep is not None else Path(tempfile.mkdtemp(prefix="bench_scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        model, layers, runs = run_scale(work, args.size_gib, args.pipelines)
-        section = render(runs, args, layers, model_bytes(model), args.max_ratio)
+        model, layers, runs = run_scale(work, args.size_gib, args.pipelines, args.side)
+        section = render(runs, args, layers, args.side, model_bytes(model), args.max_ratio)
         write_section(args.benchmarks, section)
         print(section)
         over = [run for run in runs if run.ratio > args.max_ratio]

@@ -366,11 +366,26 @@ def _mac_formula(node: ir.Node) -> Callable[[ir.Node], int | None] | None:
 
 
 def _density(weight: ir.Value | None) -> float:
-    """Fraction of non-zero weights; for a DequantizeLinear-fed weight, of values != zero point."""
+    """Fraction of non-zero weights; for a DequantizeLinear-fed weight, of values != zero point.
+
+    An external tensor's memory map is released after counting: every weight
+    of a large model is read here, and mapped pages stay resident until unmapped.
+    """
     initializer = _weight_initializer(weight)
     if initializer is None or initializer.const_value is None:
         return 1.0
-    quantized = initializer.const_value.numpy()
+    try:
+        return _count_density(weight, initializer)
+    finally:
+        if isinstance(initializer.const_value, ir.ExternalTensor):
+            try:
+                initializer.const_value.release()
+            except BufferError:  # a view is still alive elsewhere; the map goes with it
+                logger.debug("could not release the memory map of %r yet", initializer.name)
+
+
+def _count_density(weight: ir.Value | None, initializer: ir.Value) -> float:
+    quantized = initializer.const_value.numpy()  # type: ignore[union-attr]
     if quantized.size == 0:
         return 1.0
     zero = np.zeros((), dtype=quantized.dtype)
