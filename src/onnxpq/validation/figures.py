@@ -182,7 +182,9 @@ def measure_pair(
             raise ModelLoadError(f"{path}: the model fails in onnxruntime on the data: {first}") from exc
     fidelity = compare_outputs(outputs[0], outputs[1])
 
-    measured = target.cost.model == "measured" and target.providers[0] in ort.get_available_providers()
+    available = target.providers[0] in ort.get_available_providers()
+    segmented = any(getattr(s, "segmented", False) for s in sessions)  # too large for one session: no real latency
+    measured = target.cost.model == "measured" and available and not segmented
     if measured:
         feeds_batches = [latency_feed(dataset, s.get_inputs(), latency_batch) for s in sessions]
         feeds = [feed for feed, _ in feeds_batches]
@@ -194,9 +196,11 @@ def measure_pair(
         )
     else:
         reason = (
-            f"{target.providers[0]} is not available here"
-            if target.cost.model == "measured"
-            else f"cost model '{target.cost.model}'"
+            f"cost model '{target.cost.model}'"
+            if target.cost.model != "measured"
+            else f"{target.providers[0]} is not available here"
+            if not available
+            else "the model is too large for one onnxruntime session here and ran segment by segment"
         )
         method = f"estimated: bops / {target.cost.bops_per_second:.3g} bops/s ({reason})"
 

@@ -800,6 +800,8 @@ class QuantizeWeightsPass(OnnxpqPass):
         self, job: _Job, granularity: Granularity, hessians: list[np.ndarray] | None, gptq_skipped: str | None = None
     ) -> tuple[QuantizedTensor, dict[str, object]]:
         w = job.weight.const_value.numpy().astype(np.float64)
+        if isinstance(job.weight.const_value, ir.ExternalTensor):
+            job.weight.const_value.release()  # the float64 copy is all we need: unmap, or every weight stays resident
         quantized = self._rtn(w, job.layout, job.bits, granularity)
         layer: dict[str, object] = {"bits": job.bits, "granularity": granularity, "method": "rtn"}
         if gptq_skipped is not None:
