@@ -81,6 +81,11 @@ logger = logging.getLogger(__name__)
 INLINE_LIMIT_BYTES = 1_800_000_000
 
 #: Initializers at or above this size go to the external data file when one is written.
+#: Models whose tensors exceed this are written with external data even when they fit inline: a memory-mapped
+#: data file lets load_model and validation (segment by segment, see onnxpq.core.session) read them piecewise,
+#: where an inline protobuf is read whole (a 3 GiB model quantized to int8 would be 0.75 GiB in memory at once).
+EXTERNAL_ABOVE_BYTES = 256 * 1024 * 1024
+
 EXTERNAL_THRESHOLD_BYTES = 1024
 
 
@@ -802,7 +807,7 @@ def stage_model(
         protect: paths that must not be overwritten (the input model); the
             files the model's own external tensors point to are protected too.
         external_data: force (True) or forbid (False) an external data file;
-            None decides by size (over :data:`INLINE_LIMIT_BYTES`) and writes
+            None decides by size (over :data:`EXTERNAL_ABOVE_BYTES`) and writes
             external data when the model already has external tensors.
 
     Raises:
@@ -825,7 +830,7 @@ def stage_model(
             )
     model = _inline_attribute_tensors(model)
     if external_data is None:
-        external_data = bool(external_files(model)) or _tensor_bytes(model) > INLINE_LIMIT_BYTES
+        external_data = bool(external_files(model)) or _tensor_bytes(model) > EXTERNAL_ABOVE_BYTES
     remove_stale_staging(folder)
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
