@@ -549,6 +549,10 @@ def check_finite_weights(model: ir.Model, policy: str = "refuse", *, source: str
     name, count = found[0]
     del flat
     if isinstance(tensor, ir.ExternalTensor):
+        with contextlib.suppress(BufferError):  # a view alive elsewhere keeps the map; it goes with the view
+            tensor.release()  # touched pages of a memory map stay resident until unmapped: 3 GiB model, 3 GiB RSS
+    del flat
+    if isinstance(tensor, ir.ExternalTensor):
         tensor.release()  # touched pages of a memory map stay resident until unmapped: a 3 GiB model would be 3 GiB RSS
     more = f" (and {len(found) - 1} more tensor(s))" if len(found) > 1 else ""
     prefix = f"{source}: " if str(source) else ""
