@@ -5,7 +5,13 @@ of 64 MiB float32 MatMul weights in one external data file, generated
 streaming; the real command line (``onnxpq optimize ... --pipeline ...``) in a
 fresh process under ``/usr/bin/time -v``; the output then loaded safely and
 run in one full onnxruntime session against the original. The heavy variant
-(1 GiB) runs in CI; the 3 GiB one is ``slow`` (and in BENCHMARKS.md).
+(1 GiB of 4 MiB layers, BERT-large-sized) runs in CI; the 3 GiB one (16 MiB
+layers, GPT-2-XL-sized) is ``slow`` and in BENCHMARKS.md.
+
+Layer size matters: quantize-weights' working memory for one weight is about
+15x its float32 size (float64 copies, the clip search), on top of the
+quantized weights it accumulates (0.25x the model at 8 bits), so the bound
+holds while the largest weight stays a small fraction of the model.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ MAX_RATIO = 0.5
 needs_time = pytest.mark.skipif(not Path("/usr/bin/time").is_file(), reason="GNU time (/usr/bin/time) is not installed")
 
 
-def _check(tmp_path: Path, size_gib: float, pipeline: str) -> None:
+def _check(tmp_path: Path, size_gib: float, side: int, pipeline: str) -> None:
     need = size_gib * 1.6 * 2**30
     if shutil.disk_usage(tmp_path).free < need:
         pytest.skip(f"needs {need / 2**30:.1f} GiB free in {tmp_path}")
-    model, layers, (run,) = bench_scale.run_scale(tmp_path, size_gib, [pipeline])
+    model, layers, (run,) = bench_scale.run_scale(tmp_path, size_gib, [pipeline], side)
     try:
         assert run.ratio <= MAX_RATIO, (
             f"{pipeline}: peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB is {run.ratio:.3f} x the "
@@ -45,11 +51,11 @@ def _check(tmp_path: Path, size_gib: float, pipeline: str) -> None:
 @pytest.mark.heavy
 @pytest.mark.parametrize("pipeline", bench_scale.PIPELINES)
 def test_one_gib_model_quantizes_within_half_its_size_in_memory(tmp_path: Path, pipeline: str) -> None:
-    _check(tmp_path, 1.0, pipeline)
+    _check(tmp_path, 1.0, 1024, pipeline)
 
 
 @needs_time
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", bench_scale.PIPELINES)
 def test_three_gib_model_quantizes_within_half_its_size_in_memory(tmp_path: Path, pipeline: str) -> None:
-    _check(tmp_path, 3.0, pipeline)
+    _check(tmp_path, 3.0, bench_scale.SIDE, pipeline)

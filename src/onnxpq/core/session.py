@@ -57,7 +57,7 @@ IN_MEMORY_LIMIT_BYTES = 512 * 1024 * 1024
 SEGMENTED_ABOVE_BYTES = 256 * 1024 * 1024
 
 #: Weight bytes per segment of a :class:`SegmentedSession` (integer weights counted 4x).
-SEGMENT_BYTES = 128 * 1024 * 1024
+SEGMENT_BYTES = 64 * 1024 * 1024
 
 
 def has_external_data(model: ir.Model) -> bool:
@@ -260,8 +260,12 @@ class SegmentedSession:
         options.log_severity_level = self._options.log_severity_level
         options.graph_optimization_level = self._options.graph_optimization_level
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path.parent.resolve()))
+        options.add_session_config_entry("session.disable_prepacking", "1")  # no second, packed copy of the weights
         if optimized is not None:
             options.optimized_model_filepath = str(optimized)
+            # the census reads nodes only: weights go to a side file instead of being loaded back with the graph
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized.name + ".data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=self._providers)
 
     def run_many(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[list[np.ndarray]]:
