@@ -8,6 +8,8 @@ Messages are one line: what went wrong, where, and what to do.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "OnnxpqError",
     "ModelLoadError",
@@ -24,9 +26,23 @@ __all__ = [
 
 
 class OnnxpqError(Exception):
-    """Base of every error onnxpq raises on purpose (exit code 2 in the CLI)."""
+    """Base of every error onnxpq raises on purpose (exit code 2 in the CLI).
+
+    ``str(error)`` is always one line: control characters that a hostile model
+    can put in a name it quotes (newlines, escapes) are shown escaped.
+    """
 
     exit_code: int = 2
+
+    def __str__(self) -> str:
+        return _CONTROL.sub(_escape, super().__str__())
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(match.group(), f"\\x{ord(match.group()):02x}")
 
 
 class ModelLoadError(OnnxpqError):

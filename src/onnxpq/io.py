@@ -52,7 +52,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from onnxpq.errors import ModelLoadError, NonFiniteWeightsError, OnnxpqError, OutputError, UnsafeModelError
 
@@ -80,12 +81,12 @@ logger = logging.getLogger(__name__)
 #: protobuf cannot exceed 2 GiB, and we keep a margin for the graph itself.
 INLINE_LIMIT_BYTES = 1_800_000_000
 
-#: Initializers at or above this size go to the external data file when one is written.
 #: Models whose tensors exceed this are written with external data even when they fit inline: a memory-mapped
 #: data file lets load_model and validation (segment by segment, see onnxpq.core.session) read them piecewise,
 #: where an inline protobuf is read whole (a 3 GiB model quantized to int8 would be 0.75 GiB in memory at once).
 EXTERNAL_ABOVE_BYTES = 256 * 1024 * 1024
 
+#: Initializers at or above this size go to the external data file when one is written.
 EXTERNAL_THRESHOLD_BYTES = 1024
 
 
@@ -150,9 +151,19 @@ def _iter_tensors(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, st
         yield from from_nodes(list(function.node), f"function '{function.name}'")
 
 
+#: The keys ONNX defines for an external-data reference; any other is refused (a typo or a corrupted file).
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
+
+
 def _external_reference(tensor: onnx.TensorProto, where: str) -> ExternalReference:
-    entries = {entry.key: entry.value for entry in tensor.external_data}
     name = tensor.name or "<unnamed>"
+    keys = [entry.key for entry in tensor.external_data]
+    unknown = sorted(set(keys) - _EXTERNAL_KEYS)
+    if unknown:
+        raise UnsafeModelError(f"tensor '{name}' ({where}): unknown external data key(s) {unknown}")
+    if len(keys) != len(set(keys)):
+        raise UnsafeModelError(f"tensor '{name}' ({where}): an external data key is given twice")
+    entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
     try:
         offset = int(entries.get("offset", "0"))
@@ -365,9 +376,34 @@ def _check_header(proto: onnx.ModelProto, path: Path) -> None:
                     "which the model does not import"
                 )
 
+    _check_text_fields(proto, path)
     check_nodes(list(proto.graph.node))
     _check_unique_names(proto.graph, path, "main graph")
     _check_inline_tensors(proto, path)
+
+
+def _check_text_fields(message: Message, path: Path, where: str = "model") -> None:
+    """Every string field (names, op types, domains, attribute strings' keys) must be valid UTF-8.
+
+    proto2 does not validate strings on parse: the Python runtime hands back
+    ``bytes`` for an invalid one, and onnx-ir fails far later, at save time.
+    """
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for text in value if _is_repeated(field) else [value]:
+                if isinstance(text, bytes):
+                    raise ModelLoadError(f"{path}: {where}.{field.name} is not valid UTF-8 ({text[:40]!r})")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for sub in value if _is_repeated(field) else [value]:
+                name = getattr(sub, "name", "") if field.name in ("node", "graph", "initializer", "attribute") else ""
+                label = f"{where}.{field.name}" + (f"['{name}']" if isinstance(name, str) and name else "")
+                _check_text_fields(sub, path, label)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    if hasattr(field, "is_repeated"):  # protobuf >= 5.28 (upb); older runtimes have ``label``
+        return bool(field.is_repeated)
+    return field.label == FieldDescriptor.LABEL_REPEATED  # pragma: no cover - old protobuf
 
 
 def _check_unique_names(graph: onnx.GraphProto, path: Path, where: str) -> None:
@@ -511,6 +547,10 @@ def _count_nonfinite(tensor: ir.TensorProtocol) -> int:
     bad = 0
     for start in range(0, flat.size, _FINITE_CHUNK):
         bad += int(np.count_nonzero(~np.isfinite(flat[start : start + _FINITE_CHUNK])))
+    del flat
+    if isinstance(tensor, ir.ExternalTensor):
+        with contextlib.suppress(BufferError):  # a view alive elsewhere keeps the map; it goes with the view
+            tensor.release()  # touched pages of a memory map stay resident until unmapped: 3 GiB model, 3 GiB RSS
     return bad
 
 
@@ -547,13 +587,6 @@ def check_finite_weights(model: ir.Model, policy: str = "refuse", *, source: str
     if not found:
         return found
     name, count = found[0]
-    del flat
-    if isinstance(tensor, ir.ExternalTensor):
-        with contextlib.suppress(BufferError):  # a view alive elsewhere keeps the map; it goes with the view
-            tensor.release()  # touched pages of a memory map stay resident until unmapped: 3 GiB model, 3 GiB RSS
-    del flat
-    if isinstance(tensor, ir.ExternalTensor):
-        tensor.release()  # touched pages of a memory map stay resident until unmapped: a 3 GiB model would be 3 GiB RSS
     more = f" (and {len(found) - 1} more tensor(s))" if len(found) > 1 else ""
     prefix = f"{source}: " if str(source) else ""
     if policy == "refuse":

@@ -146,6 +146,8 @@ def external(kind: str) -> Builder:
                 "length-disagrees": (0, 52),
                 "negative-offset": (-4, 48),
                 "huge-offset": (2**63 - 1, 48),
+                "unknown-key": (0, 48),
+                "duplicate-key": (0, 48),
                 "valid-subfolder": (0, 48),
             }[kind]
             if kind == "valid-subfolder":
@@ -155,6 +157,10 @@ def external(kind: str) -> Builder:
                 location = "data/w.bin"
         model = tiny()
         make_external(model.graph.initializer[0], location, offset, length)
+        if kind == "unknown-key":
+            model.graph.initializer[0].external_data.add(key="offsett", value="16")
+        elif kind == "duplicate-key":
+            model.graph.initializer[0].external_data.add(key="offset", value="16")
         return model
 
     return build
@@ -536,6 +542,11 @@ CASES: dict[str, Case] = {
         Case("ext-length-disagrees", "refuse", external("length-disagrees"), "disagrees"),
         Case("ext-negative-offset", "refuse", external("negative-offset"), "negative"),
         Case("ext-huge-offset", "refuse", external("huge-offset"), "outside"),
+        Case("ext-unknown-key", "refuse", external("unknown-key"), r"unknown external data key.*offsett"),
+        Case("ext-duplicate-key", "refuse", external("duplicate-key"), "given twice"),
+        Case("name-not-utf8", "refuse", raw(lambda: tiny().SerializeToString().replace(b"relu", b"r\xf6lu")), "not valid UTF-8"),
+        Case("name-with-newline", "refuse", edited(_replace_nodes(
+            helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "gh\nost"], ["y"]))), r"gh\\nost"),
         # ---- legal: must succeed with the same outputs
         Case("zero-size-initializer", "ok", lambda _, __: _zero_size(), feeds=_X),
         Case("zero-batch-input", "ok", lambda _, __: tiny(), feeds={"x": _const(np.zeros((0, 4), np.float32))}),
