@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["pareto_svg", "pareto_figure", "render_explore_html"]
 
-_LABELS = {"latency_ms": "latency (ms / sample)", "bops": "bit-operations / sample", "macs": "MACs / sample",
+_LABELS = {"latency_ms": "latency (ms per run)", "bops": "bit-operations / sample", "macs": "MACs / sample",
            "weight_bits": "weight memory (bits)"}
 
 
@@ -50,7 +50,10 @@ def pareto_figure(document: dict[str, Any], figures: Sequence[str] | None = None
             if p["id"] == chosen:
                 ax.scatter([p["costs"][figure]], [p["quality"]], marker="*", s=160, color="#1a7f37", label="chosen", zorder=6)
         estimated = figure == "latency_ms" and document.get("latency") == "estimated"
-        ax.set_xlabel(_LABELS.get(figure, figure) + (" (estimated)" if estimated else ""))
+        label = _LABELS.get(figure, figure)
+        if figure == "latency_ms":
+            label = f"latency (ms per run of batch {document.get('latency_batch', 1)})"
+        ax.set_xlabel(label + (" (estimated)" if estimated else ""))
         ax.set_ylabel(measure)
         costs = [p["costs"][figure] for p in document["points"] if p["costs"][figure]]
         if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
