@@ -136,14 +136,13 @@ def check_model_isolated(
     if memory < 1 or timeout_s <= 0:
         raise OnnxpqError(f"isolation limits must be positive (memory {memory} MiB, timeout {timeout_s} s)")
     command = [
-        sys.executable, "-m", "onnxpq.isolation", str(path.resolve()), "run" if run else "load",
+        sys.executable, "-m", "onnxpq.isolation", str(path), "run" if run else "load",
         str(memory << 20), str(int(timeout_s) + 1),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     logger.info("loading %s in an isolated process (memory %d MiB, timeout %g s)", path, memory, timeout_s)
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        cwd=str(path.resolve().parent), start_new_session=True,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )  # fmt: skip
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
