@@ -56,7 +56,7 @@ def test_segmented_session_matches_one_session(tmp_path: Path, budget: int) -> N
 
 def test_make_session_segments_models_over_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _skip_chain(tmp_path)
-    monkeypatch.setattr(session_module, "SEGMENTED_ABOVE_BYTES", 1024)
+    monkeypatch.setattr(session_module, "SEGMENTED_ABOVE_BYTES", 4)
     assert isinstance(make_session(path), SegmentedSession)
     monkeypatch.setattr(session_module, "SEGMENTED_ABOVE_BYTES", 1 << 30)
     assert not isinstance(make_session(path), SegmentedSession)
@@ -64,7 +64,7 @@ def test_make_session_segments_models_over_the_threshold(tmp_path: Path, monkeyp
 
 def test_segmented_census_model_lists_every_segments_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _skip_chain(tmp_path)
-    monkeypatch.setattr(session_module, "SEGMENTED_ABOVE_BYTES", 1024)
+    monkeypatch.setattr(session_module, "SEGMENTED_ABOVE_BYTES", 4)
     monkeypatch.setattr(session_module, "SEGMENT_BYTES", 16 * 1024)
     optimized = tmp_path / "optimized.onnx"
     make_session(path, optimized_model_path=str(optimized))
