@@ -27,6 +27,12 @@ import bench_scale  # noqa: E402
 
 MAX_RATIO = 0.5
 
+#: Open: measured 0.77x (quantize-weights) and 1.19x (matmul-nbits) after the fixes so far. What is left: the
+#: optimized model is held in memory through validation (0.25x at 8 bits); quantize-weights needs ~8x a weight's
+#: float32 size to quantize it; ir.save copies in-memory tensors (+0.4 GiB); a 4-bit candidate under
+#: SEGMENTED_ABOVE_BYTES runs as one onnxruntime session and census (MatMulNBits prepacks its weights).
+OPEN_RSS_REASON = "peak RSS over 0.5x the model size is an open defect (see OPEN_RSS_REASON's comment)"
+
 needs_time = pytest.mark.skipif(not Path("/usr/bin/time").is_file(), reason="GNU time (/usr/bin/time) is not installed")
 
 
@@ -36,27 +42,23 @@ def _check(tmp_path: Path, size_gib: float, side: int, pipeline: str) -> None:
         pytest.skip(f"needs {need / 2**30:.1f} GiB free in {tmp_path}")
     model, layers, (run,) = bench_scale.run_scale(tmp_path, size_gib, [pipeline], side)
     try:
-        assert run.ratio <= MAX_RATIO, (
-            f"{pipeline}: peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB is {run.ratio:.3f} x the "
-            f"{run.input_bytes / 2**20:.0f} MiB model (limit {MAX_RATIO})"
-        )
         floor = bench_scale.SQNR_FLOOR_DB[bench_scale.weight_bits(pipeline)]
         assert run.sqnr_db is not None and run.sqnr_db >= floor, f"{pipeline}: output SQNR {run.sqnr_db:.1f} dB < {floor} dB"
         assert run.output_bytes < run.input_bytes
+        message = (
+            f"{pipeline}: peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB is {run.ratio:.3f} x the "
+            f"{run.input_bytes / 2**20:.0f} MiB model (limit {MAX_RATIO})"
+        )
+        print(message)
+        if run.ratio > MAX_RATIO:
+            pytest.xfail(f"{OPEN_RSS_REASON}: {message}")  # everything else above is still asserted
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-#: Open: measured 0.77x (quantize-weights) and 1.19x (matmul-nbits) after the fixes so far. What is left: the
-#: optimized model is held in memory through validation (0.25x at 8 bits); quantize-weights needs ~8x a weight's
-#: float32 size to quantize it; ir.save copies in-memory tensors (+0.4 GiB); a 4-bit candidate under
-#: SEGMENTED_ABOVE_BYTES runs as one onnxruntime session and census (MatMulNBits prepacks its weights).
-OPEN_RSS = pytest.mark.xfail(strict=True, reason="peak RSS over 0.5x the model size: open, see the comment above")
-
 
 @needs_time
 @pytest.mark.heavy
-@OPEN_RSS
 @pytest.mark.parametrize("pipeline", bench_scale.PIPELINES)
 def test_one_gib_model_quantizes_within_half_its_size_in_memory(tmp_path: Path, pipeline: str) -> None:
     _check(tmp_path, 1.0, 1024, pipeline)
@@ -64,7 +66,6 @@ def test_one_gib_model_quantizes_within_half_its_size_in_memory(tmp_path: Path, 
 
 @needs_time
 @pytest.mark.slow
-@OPEN_RSS
 @pytest.mark.parametrize("pipeline", bench_scale.PIPELINES)
 def test_three_gib_model_quantizes_within_half_its_size_in_memory(tmp_path: Path, pipeline: str) -> None:
     _check(tmp_path, 3.0, bench_scale.SIDE, pipeline)
