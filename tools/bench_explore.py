@@ -66,8 +66,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "mnist": {"sensitivity_samples": 64, "calibration_samples": 128, "additivity_check": 12},
     "mnist-vbit": {"sensitivity_samples": 64, "calibration_samples": 128, "weight_bits": (2, 3, 4, 6, 8),
                    "weight_method": "rtn", "additivity_check": 12},
-    "mobilenetv2": {"sensitivity_samples": 8, "calibration_samples": 32, "channel_ratios": (0.5,),
-                    "weight_bits": (3, 4, 6, 8), "weight_method": "rtn"},
+    "mobilenetv2": {"sensitivity_samples": 8, "calibration_samples": 32, "channel_ratios": (0.5,)},
+    "mobilenetv2-vbit": {"sensitivity_samples": 8, "calibration_samples": 32, "channel_ratios": (0.5,),
+                         "weight_bits": (3, 4, 6, 8), "weight_method": "rtn"},
 }
 
 
@@ -209,10 +210,29 @@ def section_block(name: str, target: str, run: dict[str, Any] | str) -> str:
     return "\n".join(lines)
 
 
+def _existing_blocks(text: str) -> dict[str, str]:
+    """The ``### <model> on <target>`` blocks already in this script's section, by ``<model>-<target>``."""
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    if start == -1 or end == -1:
+        return {}
+    blocks: dict[str, str] = {}
+    for chunk in text[start:end].split("\n### ")[1:]:
+        heading = chunk.splitlines()[0]
+        model, _, target = heading.partition(" on ")
+        blocks[f"{model.strip()}-{target.strip()}"] = "### " + chunk.rstrip("\n") + "\n"
+    return blocks
+
+
 def write_section(benchmarks: Path, blocks: dict[str, str], command: str) -> None:
+    """Replace this script's section; blocks of models/targets not run this time are kept."""
     text = benchmarks.read_text() if benchmarks.is_file() else "# Benchmarks\n"
+    merged = _existing_blocks(text)
+    merged.update(blocks)
+    order = [f"{m}-{t}" for m in ("digits", "mnist", "mobilenetv2") for t in ("cpu", "vbit", "gpu")]
+    blocks = {k: merged[k] for k in sorted(merged, key=lambda k: (order.index(k) if k in order else len(order), k))}
     body = ["## Explore: per-layer planned frontier vs uniform baselines", "",
-            f"Command: `{command}`", "", *machine_lines(), "",
+            f"Last command: `{command}` (blocks of models/targets it did not run are kept from earlier runs "
+            "of this script; each block states its own settings)", "", *machine_lines(), "",
             "How to read: each planned configuration is one setting per layer chosen by the planner (DP/Lagrangian "
             "over per-layer sensitivities); `acc@cost` = a frontier point is at least as accurate at the baseline's "
             "cost, `cost@acc` = a frontier point at least as accurate costs no more. Written by `tools/bench_explore.py`.",
