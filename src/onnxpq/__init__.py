@@ -23,7 +23,9 @@ from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.errors import (
     DataError,
     GateFailed,
+    IsolationError,
     ModelLoadError,
+    NonFiniteWeightsError,
     OnnxpqError,
     OutputError,
     PassFailed,
@@ -80,4 +82,6 @@ __all__ = [
     "GateFailed",
     "BundleError",
     "ConfigError",
+    "IsolationError",
+    "NonFiniteWeightsError",
 ]

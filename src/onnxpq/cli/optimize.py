@@ -32,6 +32,8 @@ def add_arguments(opt: argparse.ArgumentParser) -> None:
                           "(the payoff step's choice otherwise depends on timing)")
     opt.add_argument("--nonfinite-weights", choices=("refuse", "warn"), default="refuse",
                      help="a weight holding NaN/Inf: refuse the model (exit 2, naming the tensor) or warn and go on [refuse]")
+    opt.add_argument("--no-layer-errors", dest="layer_errors", action="store_false",
+                     help="skip measuring each layer's output error for the report's per-layer table")
     add_isolation_arguments(opt)
 
 
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_enabled(args),
         payoff=args.payoff,
         nonfinite_weights=args.nonfinite_weights,
+        layer_errors=args.layer_errors,
     )
     if not args.quiet:
         report = result.report
