@@ -935,6 +935,39 @@ latency ratio against fp32 (1 thread, interleaved rounds, medians) and that rati
 the MACs ratio (issue 4's target: ≤ 1.15), quality with and without least-squares
 reconstruction, size, and the prune pass's wall time; then whether prune + quantize beats
 either alone.
+
+Importance and compensation. `importance=activation` scores a channel by the output error its
+consumers suffer when it is replaced by its mean, measured at the consumers' inputs (after
+ReLU/ReLU6/GELU and depthwise convs); every variant except `no compensation` folds the removed
+channels' means (without data: their constant value) into the consumers' biases, so a channel
+that only carried a constant costs nothing. `prune R l1 rec=off, no compensation` is the pass as
+it was before (L1 on weights, removed channels simply dropped). Reconstruction picks its ridge
+strength by 4-fold cross-validation over groups of near-duplicate calibration samples (views of
+one photo share a fold) and keeps a refit only when it lowers the held-out error.
+
+Latency per MAC on the small CNNs. The profile tables under each CNN split the run into MAC ops,
+other ops and per-run overhead, and list every MAC op's time ratio against its MAC ratio. Two
+effects keep latency ÷ MACs above 1 at 50 %, and neither is a choice the pass can undo: at
+batch 1 these models run in tens to a few hundred µs, most of which is per-run and per-op
+dispatch that does not shrink with channels; at every batch, a conv pruned to 16 channels (one
+NCHWc block of the cpu target's multiple — the smallest the kernels block by) does less work per
+call, so its time falls less than its MACs (per-op table). Both matter less as models grow:
+MobileNetV2 at batch 8 and MiniLM are within the target; MobileNetV2 at batch 1 is not in this
+run, taken on a loaded machine (load average ~6, other benchmarks running). The profile's "overhead" column is the run's median minus the
+sum of per-node medians: on a loaded machine it also holds preemptions, so read it with the load
+line; the per-node medians are robust to them.
+
+One-shot quality on MobileNetV2. With 8 source photos (64 views) for calibration, neither the
+importance nor the refit generalises to other photos at 25 % or 50 %: the calibration-set columns
+(details) are well above the test columns. Compensation moves every `rec=off` row up
+(e.g. −1.4 → 0.2 dB at 25 %), which is not enough for a usable model; per-layer ratios from a
+sensitivity plan (not one ratio for every layer) and more calibration sources are what is left.
+
+Reconstruction end to end. Each refit is kept only when it lowers its layer's held-out error, yet
+on MiniLM the refitted models are further from fp32 than the compensated ones without a refit
+(25 %: cosine 0.842 vs 0.895 with activation importance): per-layer gains do not add up across
+12 layers refitted on 32 sentences. On the CNNs the refit is what recovers accuracy at 50 %.
+`reconstruct=auto` (on with data) is therefore not the best default for every model yet.
 """
 
 
