@@ -164,3 +164,12 @@ def test_payoff_can_be_switched_off(tmp_path: Path) -> None:
     )
     assert "int8_payoff" not in result.report
     assert "exclude_nodes" not in result.report["pipeline"]
+
+
+def test_giving_back_undoes_quantization_only_not_pruning() -> None:
+    from onnxpq.search.fallback import with_excluded
+
+    passes = parse_pipeline("prune-channels{ratio=0.3},quantize-static,quantize-dynamic")
+    text = format_pipeline(with_excluded(passes, ["conv1"]))
+    assert text.startswith("prune-channels{ratio=0.3},")
+    assert "quantize-static{exclude_nodes=[conv1]}" in text and "quantize-dynamic{exclude_nodes=[conv1]}" in text

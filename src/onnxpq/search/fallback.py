@@ -55,8 +55,15 @@ class FallbackResult:
 
 
 def excludable(passes: Sequence[OnnxpqPass]) -> list[int]:
-    """Indices of the lossy passes that can leave named nodes in float."""
-    return [i for i, p in enumerate(passes) if not p.exact and "exclude_nodes" in p.options()]
+    """Indices of the lossy passes that can leave named nodes in float: the quantizing ones.
+
+    Pruning passes take ``exclude_nodes`` too, but giving a node back to float
+    means undoing its quantization, not its pruning: they keep their options.
+    """
+    return [
+        i for i, p in enumerate(passes)
+        if not p.exact and "exclude_nodes" in p.options() and not p.name.startswith("prune-")
+    ]
 
 
 def with_excluded(passes: Sequence[OnnxpqPass], names: Sequence[str]) -> list[OnnxpqPass]:
