@@ -637,3 +637,19 @@ def test_conv_patches_reproduce_the_conv_output(attrs: dict) -> None:
         out = patches @ matrix[g * per_group : (g + 1) * per_group].T  # [N * H_out * W_out, O/g]
         expected = np.moveaxis(y[:, g * per_group : (g + 1) * per_group], 1, -1).reshape(-1, per_group)
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((2048, 2100), 1), ((2100, 2048), 0), ((480, 1000, 3, 3), 0), ((700, 6100), -1)])
+def test_large_tensors_quantize_in_channel_chunks_with_identical_results(shape, axis, monkeypatch) -> None:
+    """Channels are independent: a tensor above CHUNK_ELEMENTS gives the same values, scales and axis as in one piece."""
+    from onnxpq.passes.quantize import affine
+
+    w = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    assert w.size > affine.CHUNK_ELEMENTS
+    chunked = affine.quantize_weight(w, 8, axis=axis)
+    monkeypatch.setattr(affine, "CHUNK_ELEMENTS", 1 << 40)
+    whole = affine.quantize_weight(w, 8, axis=axis)
+    assert chunked.axis == whole.axis == axis
+    np.testing.assert_array_equal(chunked.values, whole.values)
+    np.testing.assert_array_equal(chunked.scale, whole.scale)
+    np.testing.assert_array_equal(chunked.zero_point, whole.zero_point)

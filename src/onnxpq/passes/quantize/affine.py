@@ -208,6 +208,8 @@ def quantize_weight(
     """
     if clip not in ("mse", "minmax"):
         raise ValueError(f"clip must be 'mse' or 'minmax', got {clip!r}")
+    if axis is not None and block_size is None and np.size(w) > CHUNK_ELEMENTS and np.shape(w)[axis] > 1:
+        return _quantize_per_channel_chunked(np.asarray(w), bits, axis, symmetric, clip)
     w = np.asarray(w, dtype=np.float64)
     if block_size is not None:
         if axis is None:
@@ -233,6 +235,34 @@ def quantize_weight(
         shape[axis] = -1
         q = quantize(w, scale.reshape(shape), zero.reshape(shape), q_min, q_max)
     return QuantizedTensor(q.astype(storage_dtype(bits, symmetric)), scale, zero, bits, axis, None)
+
+
+#: Per-channel quantization of larger tensors goes a slice of channels at a time (bounded memory).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _quantize_per_channel_chunked(w: np.ndarray, bits: int, axis: int, symmetric: bool, clip: str) -> QuantizedTensor:
+    """:func:`quantize_weight` per channel, ``CHUNK_ELEMENTS`` values at a time.
+
+    Channels are independent (each has its own clip, scale and zero point), so
+    the result is identical to quantizing the whole tensor at once; only the
+    float64 working copies are bounded by the chunk instead of the tensor
+    (they were ~8x the float32 weight).
+    """
+    given_axis, axis = axis, axis % w.ndim
+    channels = w.shape[axis]
+    per_channel = max(1, w.size // channels)
+    step = max(1, CHUNK_ELEMENTS // per_channel)
+    q = np.empty(w.shape, dtype=storage_dtype(bits, symmetric))
+    scales, zeros = [], []
+    index: list[slice] = [slice(None)] * w.ndim
+    for start in range(0, channels, step):
+        index[axis] = slice(start, min(start + step, channels))
+        part = quantize_weight(w[tuple(index)], bits, axis=axis, symmetric=symmetric, clip=clip)
+        q[tuple(index)] = part.values
+        scales.append(part.scale)
+        zeros.append(part.zero_point)
+    return QuantizedTensor(q, np.concatenate(scales), np.concatenate(zeros), bits, given_axis, None)
 
 
 def _mse_asymmetric_range(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, grid: int = 60) -> tuple[np.ndarray, np.ndarray]:
