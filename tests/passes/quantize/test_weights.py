@@ -653,3 +653,11 @@ def test_large_tensors_quantize_in_channel_chunks_with_identical_results(shape, 
     np.testing.assert_array_equal(chunked.values, whole.values)
     np.testing.assert_array_equal(chunked.scale, whole.scale)
     np.testing.assert_array_equal(chunked.zero_point, whole.zero_point)
+
+
+def test_chunked_sqnr_equals_the_whole_tensor_sqnr() -> None:
+    from onnxpq.passes.quantize import affine
+
+    w = np.random.default_rng(4).standard_normal((2100, 2048)).astype(np.float32)
+    q = affine.quantize_weight(w, 4, axis=0)
+    assert affine.quantized_sqnr_db(w, q) == pytest.approx(affine.sqnr_db(w, q.dequantized()), abs=1e-9)

@@ -114,6 +114,7 @@ from onnxpq.passes.quantize.affine import (
     integer_range,
     quantize,
     quantize_weight,
+    quantized_sqnr_db,
     sqnr_db,
     storage_dtype,
     symmetric_grid,
@@ -799,9 +800,11 @@ class QuantizeWeightsPass(OnnxpqPass):
     def _quantize_one(
         self, job: _Job, granularity: Granularity, hessians: list[np.ndarray] | None, gptq_skipped: str | None = None
     ) -> tuple[QuantizedTensor, dict[str, object]]:
-        w = job.weight.const_value.numpy().astype(np.float64)
+        # A float32 copy (float64 only for GPTQ's algebra): round-to-nearest quantizes large tensors a slice of
+        # channels at a time, so the working memory stays a small multiple of the weight, not 8x its size.
+        w = np.array(job.weight.const_value.numpy(), dtype=np.float64 if hessians is not None else np.float32)
         if isinstance(job.weight.const_value, ir.ExternalTensor):
-            job.weight.const_value.release()  # the float64 copy is all we need: unmap, or every weight stays resident
+            job.weight.const_value.release()  # the copy is all we need: unmap, or every weight stays resident
         quantized = self._rtn(w, job.layout, job.bits, granularity)
         layer: dict[str, object] = {"bits": job.bits, "granularity": granularity, "method": "rtn"}
         if gptq_skipped is not None:
@@ -809,7 +812,7 @@ class QuantizeWeightsPass(OnnxpqPass):
         if hessians is not None:
             method, quantized, info = self._try_gptq(w, job, granularity, quantized, hessians)
             layer.update(method=method, **info)
-        layer["weight_sqnr_db"] = _rounded_db(sqnr_db(w, quantized.dequantized()))
+        layer["weight_sqnr_db"] = _rounded_db(quantized_sqnr_db(w, quantized))
         return quantized, layer
 
     def _replace(self, graph: ir.Graph, names: NameAllocator, job: _Job, quantized: QuantizedTensor, int4: bool) -> None:
