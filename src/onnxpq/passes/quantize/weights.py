@@ -115,7 +115,6 @@ from onnxpq.passes.quantize.affine import (
     quantize,
     quantize_weight,
     quantized_sqnr_db,
-    sqnr_db,
     storage_dtype,
     symmetric_grid,
 )
