@@ -20,6 +20,7 @@ from onnxpq.analysis.weights_report import WeightAnalysis, analyze
 from onnxpq.bundle import BundleError, PackageResult, VerifyResult, package, verify_bundle
 from onnxpq.config import ConfigError
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
+from onnxpq.search.explore import ExploreResult, explore
 from onnxpq.errors import (
     DataError,
     GateFailed,
@@ -62,6 +63,8 @@ __all__ = [
     "validate",
     "analyze",
     "WeightAnalysis",
+    "explore",
+    "ExploreResult",
     "package",
     "verify_bundle",
     "PackageResult",

@@ -42,7 +42,7 @@ def _check(tmp_path: Path, size_gib: float, side: int, pipeline: str) -> None:
         pytest.skip(f"needs {need / 2**30:.1f} GiB free in {tmp_path}")
     model, layers, (run,) = bench_scale.run_scale(tmp_path, size_gib, [pipeline], side)
     try:
-        floor = bench_scale.SQNR_FLOOR_DB[bench_scale.weight_bits(pipeline)]
+        floor = bench_scale.sqnr_floor_db(bench_scale.weight_bits(pipeline), layers)
         assert run.sqnr_db is not None and run.sqnr_db >= floor, f"{pipeline}: output SQNR {run.sqnr_db:.1f} dB < {floor} dB"
         assert run.output_bytes < run.input_bytes
         message = (
