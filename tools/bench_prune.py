@@ -527,8 +527,15 @@ def profile_breakdown(files: ModelFiles, variants: list[Variant], test_inputs: d
 def other_benchmarks() -> list[str]:
     """Other processes running a ``tools/bench_*.py`` script (they disturb latency on this small machine)."""
     found = []
+    ancestors, pid = set(), os.getpid()
+    while pid > 1:  # this run and the wrappers that started it (timeout, time, a shell) are not "others"
+        ancestors.add(pid)
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in ancestors:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
