@@ -195,3 +195,12 @@ def test_package_takes_its_options_from_the_config_package_table(
     monkeypatch.chdir(tmp_path / "dist")
     assert main(["package", "--config", str(tmp_path / "onnxpq.toml"), "-q"]) == 0
     assert read_manifest(tmp_path / "dist" / "bundle")["pipeline"] == "eliminate-identity"
+
+
+@pytest.mark.parametrize(("flags", "measured"), [([], True), (["--no-payoff"], False)])
+def test_package_runs_the_int8_payoff_unless_told_not_to(tmp_path: Path, flags: list[str], measured: bool) -> None:
+    model = _model(tmp_path / "m.onnx")
+    args = ["package", str(model), "-o", str(tmp_path / "b"), "--latency-runs", "2", "--no-tune", "-q", *flags]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert ("int8_payoff" in report) is measured

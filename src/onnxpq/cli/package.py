@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the latency figures [1]")
     parser.add_argument("--tune-budget", type=float, default=10.0, help="seconds for session tuning [10]")
     parser.add_argument("--no-tune", dest="tune", action="store_false", help="no session tuning: default recipe")
+    parser.add_argument("--no-payoff", dest="payoff", action="store_false", default=None,
+                        help="keep every quantized node even where its integer kernel is measured slower than float")
     parser.add_argument("--include-reference", action="store_true",
                         help="copy the input model into the bundle (reference/) for fidelity checks by --verify")
     parser.add_argument("--force", action="store_true", help="replace a non-empty bundle folder")
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         include_reference=args.include_reference,
         force=args.force,
         progress=progress_enabled(args),
+        payoff=args.payoff,
     )
     if not args.quiet:
         report = result.report
