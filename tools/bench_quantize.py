@@ -121,6 +121,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_machine import machine_lines
+from bench_models import run_models
 from typing import Any
 
 logger = logging.getLogger("bench_quantize")
@@ -1168,46 +1169,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    names = args.models or list(KNOWN_MODELS)
-    found: list[ModelFiles] = []
-    skipped: list[str] = []
-    for name in dict.fromkeys(names):
-        files, why = locate(name)
-        if files is None:
-            logger.warning("%s", why)
-            skipped.append(why)
-        else:
-            found.append(files)
-    if args.keep is not None:
-        work = args.keep.resolve()
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work = Path(tempfile.mkdtemp(prefix="bench_quantize-"))
-    blocks: dict[str, str] = {}
-    try:
-        for files in found:
-            logger.info("== %s (%s)", files.name, files.onnx)
-            run = benchmark_model(files, args, work / files.name)
-            blocks[files.name] = render_model(run, args)
-            write_section(args.benchmarks, blocks)  # after every model: a later failure keeps the earlier tables
-        for line in skipped:
-            name = line.split(":", 1)[0]
-            if name not in blocks and not _has_block(args.benchmarks, name):
-                blocks[name] = f"### {name}\n\n- {line}\n"
-        if blocks:
-            write_section(args.benchmarks, blocks)
-            logger.info("updated %s", args.benchmarks)
-        for name in KNOWN_MODELS:
-            if name in blocks:
-                print(blocks[name])
-        for line in skipped:
-            print(f"- {line}")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            logger.info("kept %s", work)
-    return 0
+    return run_models(
+        args, known=KNOWN_MODELS, locate=locate, benchmark=benchmark_model, render=render_model,
+        write_section=write_section, has_block=_has_block, prefix="bench_quantize-",
+    )
 
 
 def _has_block(benchmarks: Path, name: str) -> bool:
