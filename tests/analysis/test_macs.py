@@ -286,6 +286,30 @@ def test_dequantize_fed_uint8_activation_has_8_activation_bits() -> None:
     assert (node.weight_bits, node.activation_bits) == (32, 8)
 
 
+def test_onnxpq_bits_metadata_on_activation_dequantize_sets_activation_bits() -> None:
+    """quantize-activations' n-bit grid in a uint8 container (Clip → Q → DQ) counts n bits, with weight bits from the weight's DQ."""
+    model = _model(
+        """
+        g (float[1,3,8,8] x) => (float[] y) {
+            c = Clip (x, lo, hi)
+            xq = QuantizeLinear (c, scale, zp)
+            xd = DequantizeLinear (xq, scale, zp)
+            w = DequantizeLinear (wq, wscale, wzp)
+            y = Conv (xd, w)
+        }
+        """,
+        lo=np.float32(0.0), hi=np.float32(1.5), scale=np.float32(0.1), zp=np.uint8(0),
+        wq=np.ones((4, 3, 3, 3), np.int8), wscale=np.float32(0.1), wzp=np.int8(0),
+    )
+    activation_dq, weight_dq = (node for node in model.graph if node.op_type == "DequantizeLinear")
+    activation_dq.metadata_props["onnxpq.bits"] = "4"
+    weight_dq.metadata_props["onnxpq.bits"] = "3"
+    node = _conv_of(model)
+    assert (node.weight_bits, node.activation_bits, node.weight_params) == (3, 4, 108)
+    assert node.bops == node.macs * 3 * 4
+    assert model_cost(model).weight_bits_total == 108 * 3 + 32 + 8 + 3 * 32 + 8  # wq at 3 bits; lo, hi, scales, zero points
+
+
 def test_count_zeros_density_of_half_zero_float_weight() -> None:
     weight = _rand(4, 3, 3, 3)
     weight[:2] = 0.0

@@ -29,7 +29,11 @@ Formulas (``prod`` over an empty sequence is 1)::
 Bits of an operand: the bit width of its dtype (32 for float32, 16 for float16);
 when it is produced by a ``DequantizeLinear`` node, the bit width of that node's
 quantized input dtype, or ``n`` when the node carries
-``metadata_props["onnxpq.bits"] = str(n)`` (a 4-bit grid stored in int8).
+``metadata_props["onnxpq.bits"] = str(n)`` (a 4-bit grid stored in int8) —
+for a weight (``quantize-weights``) and an activation (``quantize-activations``:
+``Clip → QuantizeLinear → DequantizeLinear``, an n-bit grid in a uint8
+container) alike, so a layer reading both counts ``MACs · b_w · b_a``. An
+activation int8 QDQ without the metadata (``quantize-static``) counts 8 bits.
 ``MatMulNBits`` weights have the node's ``bits`` attribute. For an
 activation x activation product the second operand takes the weight role (its
 bits are ``weight_bits``; ``weight_params`` is 0).

@@ -77,10 +77,29 @@ def onnx_quantized_type(bits: int, signed: bool) -> ir.DataType:
     return _QDQ_TYPES[(8 if bits <= 8 else 16, signed)]
 
 
-def is_quantized_model(graph: ir.Graph) -> str | None:
-    """The op type of a quantization node already in the graph, or None."""
+def _is_activation_qdq(node: ir.Node) -> bool:
+    """A QuantizeLinear of a non-constant tensor, or the DequantizeLinear right after one (activation fake quantization)."""
+    if node.op_type == "QuantizeLinear":
+        source = node.inputs[0] if node.inputs else None
+        return source is not None and source.const_value is None and not source.is_initializer()
+    if node.op_type == "DequantizeLinear":
+        source = node.inputs[0] if node.inputs else None
+        producer = source.producer() if source is not None else None
+        return producer is not None and producer.op_type == "QuantizeLinear" and _is_activation_qdq(producer)
+    return False
+
+
+def is_quantized_model(graph: ir.Graph, *, allow_activation_qdq: bool = False) -> str | None:
+    """The op type of a quantization node already in the graph, or None.
+
+    ``allow_activation_qdq``: QuantizeLinear → DequantizeLinear pairs on
+    activations (``quantize-activations``' fake quantization) do not count;
+    weights behind a DequantizeLinear and quantized kernels still do.
+    """
     for node in graph.all_nodes():
         if node.op_type in _QUANTIZED_OPS and node.domain in ("", "ai.onnx", "com.microsoft"):
+            if allow_activation_qdq and _is_activation_qdq(node):
+                continue
             return node.op_type
     return None
 

@@ -84,7 +84,9 @@ nodes, weights that are not initializers of the main graph, weights smaller
 than ``min_params``, weights also read by other ops (a shared weight read
 only by quantized ops at their weight input, with the same layout and bits,
 is quantized once behind one DQ). A model that already has quantization nodes
-is left unchanged with a WARNING. The float initializer is removed once none
+is left unchanged with a WARNING — except activation Q/DQ pairs
+(``quantize-activations``), which compose: the layer reads a dequantized
+activation and a dequantized weight. The float initializer is removed once none
 of its uses remains.
 
 Own implementation: onnxruntime's ``matmul_nbits_quantizer`` (RTN / GPTQ via
@@ -715,7 +717,7 @@ class QuantizeWeightsPass(OnnxpqPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         ctx = PassContext.current()
         graph = model.graph
-        existing = is_quantized_model(graph)
+        existing = is_quantized_model(graph, allow_activation_qdq=True)  # quantize-activations' Q/DQ pairs compose
         if existing is not None:
             logger.warning("quantize-weights: the model already contains %s nodes; left unchanged", existing)
             ctx.note("skipped", f"already quantized ({existing} present)")
