@@ -24,6 +24,19 @@ def test_every_layer_gets_the_target_candidates(explored: dict) -> None:
     for layer in sens:
         names = {e["candidate"] for e in sens[layer]}
         assert {"w2", "w8", "s50%"} <= names  # vbit: weight bits and unstructured zeros (it skips them)
+        assert {"a4", "a6", "a8"} <= names  # and its activation widths, each measured alone
+
+
+def test_activation_candidates_are_measured_alone_and_fewer_bits_are_noisier(explored: dict) -> None:
+    for layer, entries in explored["sensitivity"].items():
+        noise = {e["candidate"]: e["noise"] for e in entries if e["axis"] == "activation"}
+        assert set(noise) == {"a4", "a6", "a8"}
+        assert 0 < noise["a8"] < noise["a6"] < noise["a4"], layer
+
+
+def test_planned_configurations_combine_weight_and_activation_widths(explored: dict) -> None:
+    labels = {label for p in explored["points"] if p["kind"] == "planned" for label in p["layers"].values()}
+    assert any("a" in label.split("+")[0] and label.startswith("w") for label in labels), labels
 
 
 def test_fewer_bits_are_noisier(explored: dict) -> None:

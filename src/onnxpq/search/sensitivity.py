@@ -3,9 +3,12 @@
 For every planned layer ``l`` (a Conv, ConvTranspose, Gemm or MatMul with a
 constant weight) and every single-axis candidate ``c`` the target offers —
 
-* quantization: ``int8`` (weights and activations, the target's activation
-  quantizers) where the target quantizes activations; ``w<b>`` for each
-  weight width b in ``target.quantize.weight_bits`` where it quantizes weights only;
+* quantization: ``int8`` (weights and activations, the target's int8
+  quantizers) where the target has them; ``w<b>`` for each weight width b in
+  ``target.quantize.weight_bits`` where it quantizes weights only;
+* activations (axis ``activation``): ``a<a>``, the layer's input alone at a
+  bits, for each width a in ``target.quantize.activation_bits``, where the
+  target's pipeline has ``quantize-activations``;
 * sparsity: unstructured (``prune-magnitude``) where the target skips zeros
   (``sparsity.unstructured = "compute"``), N:M for each ``sparsity.n_m`` pattern;
 * channels: ratios (0.25, 0.5 by default) of the coupling group the layer
@@ -21,7 +24,15 @@ Noise powers of independent errors add, so the planner predicts a whole
 configuration as ``D ≈ Σ_l D_l(c_l)``, and a layer's combined treatment (pruned
 *and* quantized) as the sum of its single-axis noises. That is an assumption
 (errors interact through nonlinearities, and pruned channels change what later
-layers quantize); :func:`additivity` measures how well it holds.
+layers quantize); :func:`additivity` measures how well it holds. The same
+model makes the quantization options ``w<b>a<a>`` (b-bit weights reading a-bit
+activations) that :meth:`Sensitivity.of` offers for the axis ``quant`` beside
+the measured ones — predicted, not measured::
+
+    D_l(w<b>a<a>) = D_l(w<b>) + D_l(a<a>)
+
+(rounding the weights and rounding the input are independent errors of the
+layer's output, to first order).
 
 A channel candidate also records the fraction of channels actually kept (the
 pass rounds to the target's ``channel_multiple``); one that removes nothing
@@ -110,10 +121,11 @@ class SensitivityEntry:
     """One measured single-axis candidate of one layer."""
 
     layer: str
-    axis: str  # "quant" | "sparsity" | "channels"
+    axis: str  # "quant" | "activation" | "sparsity" | "channels"
     setting: LayerSetting
     noise: float
     keep: float = 1.0  # channels: fraction of the group's channels actually kept
+    measured: bool = True  # False: predicted from measured entries (w<b>a<a> = w<b> + a<a>)
 
     @property
     def sqnr_db(self) -> float:
@@ -127,7 +139,17 @@ class Sensitivity:
     entries: dict[str, list[SensitivityEntry]]
 
     def of(self, layer: str, axis: str) -> list[SensitivityEntry]:
-        return [e for e in self.entries.get(layer, []) if e.axis == axis]
+        """The layer's entries on ``axis``; for ``quant`` also every ``w<b>a<a>`` predicted from ``w<b>`` and ``a<a>``."""
+        found = [e for e in self.entries.get(layer, []) if e.axis == axis]
+        if axis == "quant":
+            weights = [e for e in found if e.setting.quant and e.setting.quant.startswith("w") and e.setting.activation_bits is None]
+            found += [
+                SensitivityEntry(layer, "quant", LayerSetting(quant=f"{w.setting.quant}a{a.setting.activation_bits}"),
+                                 w.noise + a.noise, measured=False)
+                for w in weights
+                for a in self.of(layer, "activation")
+            ]
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +174,7 @@ def single_candidates(
     out: list[tuple[str, str, LayerSetting]] = []
     for layer in space.layers:
         out += [(layer, "quant", LayerSetting(quant=q)) for q in passes.quant_choices()]
+        out += [(layer, "activation", LayerSetting(quant=a)) for a in passes.activation_choices()]
         if unstructured:
             out += [(layer, "sparsity", LayerSetting(sparsity=float(s))) for s in sparsities]
         out += [(layer, "sparsity", LayerSetting(n_m=(int(n), int(m)))) for n, m in patterns]
