@@ -712,6 +712,15 @@ def _prune_summary(variant: Variant) -> str:
     )
     if notes.get("reconstruction") == "on":
         text += f"; {applied}/{refits} refits applied"
+        check = notes.get("reconstruction_check") or {}
+        if check.get("checked"):
+            text += (
+                f" (end-to-end check, held-out output error {check['heldout_output_error_without_refits']:.3g} without"
+                f" refits, {check['heldout_output_error_with_refits']:.3g} with: "
+                f"{'kept' if check['refits_kept'] else 'discarded'})"
+            )
+        elif check.get("reason"):
+            text += f" (no end-to-end check: {check['reason']})"
     return text
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxpq.passes.prune.reconstruction import DAMPING_GRID, LayerStatistics, _ridge_path, refit, sample_folds
+from onnxpq.passes.prune.reconstruction import (
+    DAMPING_GRID, LayerStatistics, _ridge_path, cross_fits, refit, sample_folds,
+)
 
 
 def _stats(x: np.ndarray, y: np.ndarray, folds: np.ndarray, intercept: bool = True) -> LayerStatistics:
@@ -54,6 +56,34 @@ def test_refit_is_applied_when_the_held_out_error_falls() -> None:
     y = x @ true + 0.01 * rng.normal(size=(400, 2))
     result = refit(_stats(x, y, np.arange(400) % 4, intercept=False), np.zeros((5, 2)))
     assert result.improved and result.heldout_after < 0.01 * result.heldout_before
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_cross_fit_of_a_fold_is_the_fit_on_the_other_folds_alone(intercept: bool) -> None:
+    rng = np.random.default_rng(5)
+    folds = np.arange(120) % 4
+    x = rng.normal(size=(120, 5)) + 1.0
+    y = x @ rng.normal(size=(5, 2)) + 0.5 + 0.3 * rng.normal(size=(120, 2))
+    current = rng.normal(size=(6 if intercept else 5, 2))
+    fits = cross_fits(_stats(x, y, folds, intercept), current, 0.1)
+    assert len(fits) == 4
+    for fold, got in enumerate(fits):
+        rest = folds != fold
+        alone = refit(_stats(x[rest], y[rest], np.zeros(int(rest.sum()), dtype=np.int64), intercept), current, 0.1)
+        np.testing.assert_allclose(got, alone.weights, rtol=1e-8, atol=1e-10)
+
+
+def test_search_returns_the_cross_fits_of_the_chosen_damping() -> None:
+    rng = np.random.default_rng(6)
+    folds = np.arange(80) % 4
+    x = rng.normal(size=(80, 6))
+    y = x @ rng.normal(size=(6, 3)) + 0.5 * rng.normal(size=(80, 3))
+    stats = _stats(x, y, folds)
+    current = np.zeros((7, 3))
+    result = refit(stats, current, cross_fit=True)
+    assert result.without is not None and refit(stats, current).without is None
+    for got, want in zip(result.without, cross_fits(stats, current, result.damping), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_near_duplicate_views_share_a_fold() -> None:

@@ -79,6 +79,30 @@ when it lowers the layer's held-out output error. ``reconstruct_inputs``:
   the original model side by side), so a layer also corrects the error its
   inputs already carry; slower (a run per level), a little better on deep nets.
 
+End-to-end check. Per-layer gains need not add up: on a transformer, refits
+that each lower their own layer's held-out error can together move the
+model's output further from the unpruned model's than compensation alone
+does. So the refits stay only when they lower the *model's* output error on
+held-out calibration samples::
+
+    E = mean over float outputs of Σ_samples ||ŷ − y||² / Σ_samples ||y||²
+
+(y: the unpruned model's outputs; ``10 · log10(1 / E)`` is the SQNR), measured
+for the pruned model without refits (compensation only) and with them — where
+each sample of fold f runs every refitted layer with the fit that never saw
+fold f (the folds of the ridge search), so no sample is judged by weights
+fitted on it. Both variants run in one onnxruntime session (the refitted
+weights fed as inputs), after one run of the unpruned model for y. The refits
+stay, all of them, when E with them is lower by at least 0.1 %; else every
+refit is undone and the model is the one ``reconstruct=off`` gives. When no
+sample can be held out (one calibration sample, so one fold) or no float
+output has one row per sample, the per-layer decisions stand, and the notes
+and the log say so. With ``reconstruct_inputs=pruned`` a layer's statistics
+come from inputs that earlier refits (fitted on every fold) already shaped: the
+check is held out for each layer's own weights only. Memory: the unpruned
+model's outputs on the calibration data, and k + 1 copies of the refitted
+layers' weights (k folds, and the weights without refit).
+
 Layers left out of reconstruction: ConvTranspose, grouped Conv, a weight or
 bias that is not an initializer, a weight shared by several nodes (tying is
 kept), more than 8192 input features. Bias: a Conv or Gemm gets (or updates)
@@ -88,8 +112,12 @@ Notes (``PassContext.note``): ``pruned_groups`` — per group its producers,
 channels before and after, units removed, block, the importance used and, per
 refitted layer, the relative output error ``||Y − Ŷ||² / ||Y||²`` before and
 after on the calibration rows and held out, the chosen damping and whether the
-refit was applied; ``unprunable_groups`` and ``excluded_groups`` with their
-reasons; totals ``channels_before`` / ``channels_after``.
+refit was applied (with the reason when not); ``reconstruction_check`` — the
+end-to-end check: ``checked``, and either ``reason`` or ``samples``, ``folds``,
+``outputs``, ``heldout_output_error_without_refits`` and
+``heldout_output_error_with_refits`` (E above) and ``refits_kept``;
+``unprunable_groups`` and ``excluded_groups`` with their reasons; totals
+``channels_before`` / ``channels_after``.
 
 Our own code: onnxruntime and onnx-ir have no structured pruning; Torch-Pruning
 and NNI work on PyTorch modules. Sessions and batching reuse
@@ -114,7 +142,7 @@ from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import parse_node_values
 from onnxpq.core.registry import register_pass
 from onnxpq.errors import DataError, PipelineError
-from onnxpq.passes.prune.reconstruction import LayerStatistics, conv_patches, refit, sample_folds
+from onnxpq.passes.prune.reconstruction import LayerStatistics, _lowers, conv_patches, refit, sample_folds
 
 __all__ = ["PruneChannelsPass"]
 
@@ -449,11 +477,17 @@ class PruneChannelsPass(OnnxpqPass):
         jobs, skipped = self._jobs(candidates, removed, keep, labels) if reconstruct else ([], {})
         sequential = bool(jobs) and self.reconstruct_inputs == "pruned"
         original = model.clone() if sequential else None
+        folds = np.zeros(0, dtype=np.int64)
+        reference: _Reference | None = None
         if jobs:
             folds = sample_folds(data)  # type: ignore[arg-type]
             for job in jobs:
                 job.folds = folds
             ctx.note("calibration_folds", np.bincount(folds).tolist() if folds.size else [])
+            reference, why_not = _reference_outputs(model, data, folds)  # type: ignore[arg-type]
+            if reference is None:
+                ctx.note("reconstruction_check", {"checked": False, "reason": why_not})
+                logger.info("prune-channels: no end-to-end check of the refits (%s); per-layer decisions only", why_not)
         if jobs and not sequential:
             self._collect(model, jobs, data)  # type: ignore[arg-type]
         names = _Names(model)
@@ -461,14 +495,32 @@ class PruneChannelsPass(OnnxpqPass):
         self._apply_updates(model, candidates, keep, nodes, names)
         for consumer, shift in shifts.values():
             _add_bias_shift(model.graph, consumer, shift, keep, names)
+        written: list[_Written] = []
+        cross_fit = reference is not None
         if sequential:
             for level in _levels(model, jobs):
                 self._collect_sequential(model, original, level, data)  # type: ignore[arg-type]
-                for job in level:
-                    self._refit(model, job, names)
+                written += [w for job in level if (w := self._refit(model, job, names, cross_fit)) is not None]
         else:
-            for job in jobs:
-                self._refit(model, job, names)
+            written = [w for job in jobs if (w := self._refit(model, job, names, cross_fit)) is not None]
+        keep = True
+        if reference is not None and written:
+            keep, check = _check_end_to_end(model, written, data, folds, reference)  # type: ignore[arg-type]
+            ctx.note("reconstruction_check", check)
+        elif reference is not None:
+            reason = "no layer's refit lowered its held-out error"
+            ctx.note("reconstruction_check", {"checked": False, "reason": reason})
+        for item in written:
+            if keep:
+                _keep_edits(model.graph, item.edits)
+            else:
+                _undo_edits(model.graph, item.edits)
+                item.job.result.update(
+                    applied=False,
+                    error_after=item.job.result["error_before"],
+                    heldout_error_after=item.job.result["heldout_error_before"],
+                    reason="the model's held-out output error is not lower with this refit (end-to-end check)",
+                )
 
         records = []
         jobs_by_node = {job.label: job for job in jobs}
@@ -956,14 +1008,17 @@ class PruneChannelsPass(OnnxpqPass):
                     _accumulate(job, xs[job.x.name], ys[job.y.name], inputs_pruned=True)
             del pruned_runner, original_runner
 
-    def _refit(self, model: ir.Model, job: _Job, names: _Names) -> None:
-        graph = model.graph
+    def _refit(self, model: ir.Model, job: _Job, names: _Names, cross_fit: bool) -> _Written | None:
+        """Refit one layer; write the refit when it lowers the layer's held-out error (undoable until kept).
+
+        ``cross_fit``: also the fit without each calibration fold, for the end-to-end check.
+        """
         stats = job.stats
         if stats is None or stats.rows == 0:
             job.result = {"node": job.label, "applied": False, "reason": "no calibration rows"}
-            return
+            return None
         current = _current_matrix(job)
-        result = refit(stats, current, self.damping)
+        result = refit(stats, current, self.damping, cross_fit=cross_fit)
         job.result = {
             "node": job.label,
             "error_before": float(result.error_before),
@@ -979,8 +1034,12 @@ class PruneChannelsPass(OnnxpqPass):
             job.label, result.error_before, result.error_after, result.heldout_before, result.heldout_after,
             result.damping, "kept" if result.improved else "refit discarded",
         )
-        if result.improved:
-            _write_matrix(graph, job, result.weights, names)
+        if not result.improved:
+            return None
+        without = [_refit_arrays(job, w) if w is not None else None for w in result.without or ()]
+        written = _Written(job, [], _refit_arrays(job, current) if cross_fit else [], without)
+        written.edits = _write_arrays(model.graph, job, _refit_arrays(job, result.weights), names)
+        return written
 
 
 # --------------------------------------------------------------------------- module-level workers
@@ -1414,45 +1473,243 @@ def _current_matrix(job: _Job) -> np.ndarray:
     return np.concatenate([matrix, np.broadcast_to(bias, (outputs,))[None, :]], axis=0)
 
 
-def _write_matrix(graph: ir.Graph, job: _Job, weights: np.ndarray, names: _Names) -> None:
+def _refit_slots(job: _Job) -> list[tuple[ir.Node, int]]:
+    """The node inputs a refit writes: the weight, then the bias (Conv B, Gemm C, the following Add's constant)."""
     node = job.node
-    old_w = node.inputs[1]
-    dtype = _constant_array(old_w).dtype  # type: ignore[arg-type]
+    slots = [(node, 1)]
+    if job.intercept is None:
+        return slots
+    if job.kind in ("conv", "gemm"):
+        slots.append((node, 2))
+    elif job.add_node is not None:
+        slots.append((job.add_node, 1 if job.add_node.inputs[0] is job.y else 0))
+    return slots
+
+
+def _refit_arrays(job: _Job, weights: np.ndarray) -> list[np.ndarray]:
+    """The arrays ``W̃ [features(+1), outputs]`` puts into the :func:`_refit_slots` (in the weight's dtype).
+
+    The layer's current inputs are read (the Add's constant to add the intercept to), never changed;
+    ``_refit_arrays(job, _current_matrix(job))`` is the layer as it is (a missing bias as zeros).
+    """
+    node = job.node
+    old_w = _constant_array(node.inputs[1])  # type: ignore[arg-type]
     features = job.stats.features  # type: ignore[union-attr]
     matrix, bias = weights[:features], (weights[features] if job.intercept is not None else None)
     if job.kind == "conv":
-        shape = _constant_array(old_w).shape  # type: ignore[arg-type]
-        new_w = matrix.T.reshape(shape)
+        new_w = matrix.T.reshape(old_w.shape)
     elif job.kind == "gemm":
-        alpha = _float_attr(node, "alpha", 1.0)
-        new_w = matrix / alpha
+        new_w = matrix / _float_attr(node, "alpha", 1.0)
         if _int_attr(node, "transB", 0):
             new_w = new_w.T
     else:
         new_w = matrix
-    value = _new_initializer(graph, names, f"{old_w.name}_refit", new_w.astype(dtype))  # type: ignore[union-attr]
-    node.replace_input_with(1, value)
-    _remove_if_unused(graph, old_w)  # type: ignore[arg-type]
+    arrays = [np.ascontiguousarray(new_w.astype(old_w.dtype))]
     if bias is None:
-        return
+        return arrays
     if job.kind == "conv":
-        _set_bias(graph, node, 2, bias.astype(dtype), names, f"{node.name or 'conv'}_bias_refit")
+        arrays.append(bias.astype(old_w.dtype))
     elif job.kind == "gemm":
-        beta = _float_attr(node, "beta", 1.0)
         old_c = node.inputs[2] if len(node.inputs) > 2 else None
-        c = bias / beta
+        c = bias / _float_attr(node, "beta", 1.0)
         if old_c is not None and len(_const_shape(old_c) or ()) == 2:
             c = c.reshape(1, -1)
-        _set_bias(graph, node, 2, c.astype(dtype), names, f"{node.name or 'gemm'}_bias_refit")
+        arrays.append(c.astype(old_w.dtype))
     elif job.add_node is not None:
-        add = job.add_node
-        index = 1 if add.inputs[0] is job.y else 0
-        old = add.inputs[index]
-        current = _constant_array(old).astype(np.float64)  # type: ignore[arg-type]
-        new = (current + bias.reshape(current.shape)).astype(_constant_array(old).dtype)  # type: ignore[arg-type]
-        value = _new_initializer(graph, names, f"{old.name}_refit", new)  # type: ignore[union-attr]
-        add.replace_input_with(index, value)
-        _remove_if_unused(graph, old)  # type: ignore[arg-type]
+        add, index = _refit_slots(job)[1]
+        current = _constant_array(add.inputs[index])  # type: ignore[arg-type]
+        arrays.append((current.astype(np.float64) + bias.reshape(current.shape)).astype(current.dtype))
+    return arrays
+
+
+@dataclass
+class _Edit:
+    """One node input replaced by a new initializer; ``old`` stays in the graph until the edit is kept."""
+
+    node: ir.Node
+    index: int
+    old: ir.Value | None
+    new: ir.Value
+    grown: bool  # the node had no input at ``index`` before
+
+
+@dataclass
+class _Written:
+    """A layer's refit as written, and what the end-to-end check feeds in its place.
+
+    ``current``: the :func:`_refit_slots` arrays of the layer without the refit; ``without[f]``:
+    those of the fit that never saw calibration fold f (None: no such fit); both empty when there
+    is no check.
+    """
+
+    job: _Job
+    edits: list[_Edit]
+    current: list[np.ndarray]
+    without: list[list[np.ndarray] | None]
+
+
+def _write_arrays(graph: ir.Graph, job: _Job, arrays: list[np.ndarray], names: _Names) -> list[_Edit]:
+    """New initializers for the refit's arrays in the layer's slots; the old values stay until kept or undone."""
+    edits = []
+    for (node, index), array in zip(_refit_slots(job), arrays, strict=True):
+        old = node.inputs[index] if len(node.inputs) > index else None
+        if index == 1 and node is job.node:
+            base = f"{old.name}_refit"  # type: ignore[union-attr]
+        elif old is not None and old.name:
+            base = f"{old.name}_refit"
+        else:
+            base = f"{node.name or job.kind}_bias_refit"
+        value = _new_initializer(graph, names, base, array)
+        grown = len(node.inputs) <= index
+        if grown:
+            node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+        edits.append(_Edit(node, index, old, value, grown))
+    return edits
+
+
+def _keep_edits(graph: ir.Graph, edits: list[_Edit]) -> None:
+    for edit in edits:
+        if edit.old is not None:
+            _remove_if_unused(graph, edit.old)
+
+
+def _undo_edits(graph: ir.Graph, edits: list[_Edit]) -> None:
+    """Put the old inputs back and drop the refit's initializers."""
+    for edit in reversed(edits):
+        edit.node.replace_input_with(edit.index, edit.old)
+        if edit.grown:
+            edit.node.resize_inputs(edit.index)
+        _remove_if_unused(graph, edit.new)
+
+
+@dataclass
+class _Reference:
+    """The unpruned model's float outputs on the calibration data, samples first (see :func:`_check_end_to_end`)."""
+
+    names: list[str]
+    plan: Any  # the calibration runner's batch plan
+    arrays: list[np.ndarray]
+    folds: np.ndarray
+
+
+def _batch_rows(plan: Any, index: int) -> tuple[int, int]:
+    """First sample and sample count of batch ``index`` of a calibration batch plan."""
+    if plan.per_sample:
+        return index, 1
+    start = index * plan.step
+    return start, min(plan.step, plan.count - start)
+
+
+def _reference_outputs(
+    model: ir.Model, data: Mapping[str, np.ndarray], folds: np.ndarray
+) -> tuple[_Reference | None, str]:
+    """The unpruned model's float outputs on every calibration sample, or None and why no check is possible."""
+    from onnxpq.passes.quantize.calibration import _BatchPlan, _folder_of_serialised_external_tensors, _Runner
+
+    if folds.size < 2 or int(folds.max()) < 1:
+        return None, f"{folds.size} calibration sample(s) in one fold: none can be held out"
+    outputs = [v for v in model.graph.outputs if v.name and v.dtype is not None and v.dtype.is_floating_point()]
+    if not outputs:
+        return None, "the model has no float output"
+    runner = _Runner.build(model, outputs, _folder_of_serialised_external_tensors(model))
+    plan = _BatchPlan.build(runner.session, data, _BATCH_SIZE)
+    names = [v.name for v in outputs]
+    pieces: list[list[np.ndarray] | None] = [[] for _ in names]
+    for index, batch in enumerate(runner.run(plan, data, names)):
+        _, count = _batch_rows(plan, index)
+        for position, array in enumerate(batch):
+            array = array[None] if plan.per_sample else array
+            kept = pieces[position]
+            if kept is not None and (array.ndim == 0 or array.shape[0] != count):
+                logger.debug(
+                    "prune-channels: output '%s' has no sample axis; left out of the end-to-end check", names[position]
+                )
+                pieces[position] = None
+            elif kept is not None:
+                kept.append(array)
+    del runner
+    usable = [i for i, p in enumerate(pieces) if p]
+    if not usable:
+        return None, "no float output has one row per sample"
+    arrays = [np.concatenate(pieces[i]) for i in usable]  # type: ignore[arg-type]
+    return _Reference([names[i] for i in usable], plan, arrays, folds), ""
+
+
+def _check_end_to_end(
+    model: ir.Model, written: list[_Written], data: Mapping[str, np.ndarray], folds: np.ndarray, reference: _Reference
+) -> tuple[bool, dict[str, Any]]:
+    """Whether the written refits bring the model's outputs on held-out samples closer to the unpruned model's.
+
+    Output error of a variant: ``E = mean over float outputs of Σ_samples ||ŷ − y||² / Σ_samples ||y||²``
+    (y: the unpruned model's outputs, 10·log10(1/E) its SQNR). Without refits every sample runs the
+    pruned model with compensation only; with refits, each sample of fold f runs every refitted layer
+    with the fit that never saw fold f (:func:`~onnxpq.passes.prune.reconstruction.cross_fits`), so no
+    sample is judged by weights fitted on it. One onnxruntime session serves both: the refitted
+    weights are graph inputs (their written values as defaults) and each run feeds its variant's
+    arrays. The refits stay when ``E`` with them is lower by at least 0.1 % of ``E`` without.
+    Returns the decision and the figures for the notes.
+    """
+    from onnxpq.passes.quantize.calibration import _folder_of_serialised_external_tensors, _Runner
+
+    graph = model.graph
+    outputs = {v.name: v for v in graph.outputs}
+    extra = [edit.new for item in written for edit in item.edits]
+    feed_names = [value.name for value in extra]
+    graph.inputs.extend(extra)
+    try:
+        folder = _folder_of_serialised_external_tensors(model)
+        runner = _Runner.build(model, [outputs[n] for n in reference.names], folder)
+    finally:
+        for _ in extra:
+            graph.inputs.pop()
+    plan = reference.plan
+    count = len(reference.arrays[0])
+
+    def weights(refitted: bool, fold: int) -> dict[str, np.ndarray]:
+        arrays: list[np.ndarray] = []
+        for item in written:
+            held_out = item.without[fold] if refitted else None
+            arrays += held_out if held_out is not None else item.current
+        return dict(zip(feed_names, arrays, strict=True))
+
+    def error(refitted: bool) -> float:
+        num = np.zeros(len(reference.names))
+        den = np.zeros(len(reference.names))
+        for index, (_, feed) in enumerate(plan.feeds(data)):
+            start, rows = _batch_rows(plan, index)
+            fold_of_row = folds[start : start + rows]
+            # without refits every fold runs the same weights: one run per batch
+            for fold in np.unique(fold_of_row) if refitted else fold_of_row[:1]:
+                picked = fold_of_row == fold if refitted else np.ones(rows, dtype=bool)
+                results = runner.session.run(reference.names, {**feed, **weights(refitted, int(fold))})
+                for position, (got, want) in enumerate(zip(results, reference.arrays, strict=True)):
+                    got = np.asarray(got[None] if plan.per_sample else got, dtype=np.float64)[picked]
+                    want = np.asarray(want[start : start + rows], dtype=np.float64)[picked]
+                    num[position] += float(np.sum(np.square(got - want)))
+                    den[position] += float(np.sum(np.square(want)))
+        value = float(np.mean(num / np.where(den > 0, den, 1.0)))
+        return value if math.isfinite(value) else math.inf
+
+    without = error(refitted=False)
+    with_refits = error(refitted=True)
+    del runner
+    keep = _lowers(with_refits, without)
+    record = {
+        "checked": True,
+        "samples": count,
+        "folds": int(folds[:count].max()) + 1,
+        "outputs": list(reference.names),
+        "heldout_output_error_without_refits": without,
+        "heldout_output_error_with_refits": with_refits,
+        "refits_kept": keep,
+    }
+    logger.info(
+        "prune-channels: end-to-end check on %d held-out calibration samples: output error %.4g without refits, "
+        "%.4g with the %d refits: %s",
+        count, without, with_refits, len(written), "refits kept" if keep else "refits discarded",
+    )
+    return keep, record
 
 
 def _set_bias(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: _Names, base: str) -> None:

@@ -40,7 +40,10 @@ the smallest held-out error wins — or no refit, unless it beats the pruned
 weights W̃₀ held out by at least 0.1 % of their error (so float rounding never
 counts as a gain): a refit that makes held-out error worse is never applied.
 The final fit uses every fold. A fixed ρ skips the search (the refit is then
-judged on all calibration rows).
+judged on all calibration rows). ``refit(..., cross_fit=True)`` also returns,
+at the chosen ρ, the fit without each fold (the search computes them anyway;
+:func:`cross_fits` for a fixed ρ): the weights the pass's end-to-end check
+runs that fold's samples with.
 
 Honest folds. Calibration sets are often several views of few sources (crops
 and flips of one photo): a view of the same photo in the training folds makes
@@ -70,7 +73,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DAMPING_GRID", "DUPLICATE_COSINE", "FOLDS", "LayerStatistics", "Refit", "conv_patches", "refit", "sample_folds"]
+__all__ = [
+    "DAMPING_GRID", "DUPLICATE_COSINE", "FOLDS", "LayerStatistics", "Refit", "conv_patches", "cross_fits", "refit",
+    "sample_folds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +216,8 @@ class Refit:
 
     ``error_*`` are on all calibration rows; ``heldout_*`` are the k-fold
     cross-validation estimates (None when ρ was fixed or fewer than two folds hold rows).
-    ``improved`` says whether to use the refit.
+    ``improved`` says whether to use the refit. ``without`` (when asked for): per fold of the
+    statistics, the fit at the chosen ρ that never saw that fold (see :func:`cross_fits`).
     """
 
     weights: np.ndarray
@@ -220,6 +227,7 @@ class Refit:
     heldout_before: float | None
     heldout_after: float | None
     improved: bool
+    without: tuple[np.ndarray | None, ...] | None = None
 
 
 def _ridge_path(sums: _Sums, current: np.ndarray, dampings: Sequence[float], intercept: bool, features: int) -> list[np.ndarray]:
@@ -264,28 +272,44 @@ def _lowers(after: float, before: float) -> bool:
     return before - after > max(1e-3 * before, 1e-9)
 
 
-def refit(stats: LayerStatistics, current: np.ndarray, damping: float | None = None) -> Refit:
-    """Ridge least squares towards ``current`` W̃ (module docstring); ρ by k-fold CV when ``damping`` is None."""
+def refit(
+    stats: LayerStatistics, current: np.ndarray, damping: float | None = None, *, cross_fit: bool = False
+) -> Refit:
+    """Ridge least squares towards ``current`` W̃ (module docstring); ρ by k-fold CV when ``damping`` is None.
+
+    ``cross_fit``: also return the fit without each fold at the chosen ρ (``Refit.without``); the
+    search computes them anyway, so they cost no extra solve unless ρ is fixed.
+    """
     total = stats.total()
     if total.rows == 0:
         raise ValueError("no calibration rows")
     scale = total.energy if total.energy > 0 else 1.0
     heldout_before = heldout_after = None
+    without: tuple[np.ndarray | None, ...] | None = None
     folds = [f for f in stats.folds if f.rows]
     if damping is None and len(folds) >= 2:
         held_scale = sum(f.energy for f in folds) or 1.0
         baseline = sum(f.error(current) for f in folds) / held_scale
-        scores = [0.0] * len(DAMPING_GRID)
-        for test in folds:
-            fits = _ridge_path(_minus(total, test), current, DAMPING_GRID, stats.intercept, stats.features)
-            for index, weights in enumerate(fits):
-                scores[index] += test.error(weights) / held_scale
-        best = int(np.argmin(scores))
-        chosen, heldout_before, heldout_after = DAMPING_GRID[best], baseline, scores[best]
-        improved = _lowers(scores[best], baseline)
+        best, best_score, best_fits = 0, math.inf, None
+        for index, rho in enumerate(DAMPING_GRID):  # ρ outside: only the best ρ's fold fits are held
+            fits = [
+                _ridge_path(_minus(total, fold), current, [rho], stats.intercept, stats.features)[0] if fold.rows else None
+                for fold in stats.folds
+            ]
+            score = 0.0
+            for fold, weights in zip(stats.folds, fits, strict=True):
+                if weights is not None:
+                    score += fold.error(weights) / held_scale
+            if score < best_score:
+                best, best_score, best_fits = index, score, (tuple(fits) if cross_fit else None)
+        chosen, heldout_before, heldout_after = DAMPING_GRID[best], baseline, best_score
+        improved = _lowers(best_score, baseline)
+        without = best_fits
     else:
         chosen = damping if damping is not None else 1e-2
         improved = None
+        if cross_fit:
+            without = cross_fits(stats, current, chosen)
     weights = _ridge_path(total, current, [chosen], stats.intercept, stats.features)[0]
     before = total.error(current) / scale
     after = total.error(weights) / scale
@@ -293,7 +317,24 @@ def refit(stats: LayerStatistics, current: np.ndarray, damping: float | None = N
         after, improved = math.inf, False
     if improved is None:
         improved = _lowers(after, before)
-    return Refit(weights, chosen, before, after, heldout_before, heldout_after, bool(improved))
+    return Refit(weights, chosen, before, after, heldout_before, heldout_after, bool(improved), without)
+
+
+def cross_fits(stats: LayerStatistics, current: np.ndarray, damping: float) -> tuple[np.ndarray | None, ...]:
+    """The fit without each fold at ridge strength ``damping``: entry f never saw fold f's rows.
+
+    One per fold of ``stats`` (None for a fold without rows, or when no other fold has any): what
+    :func:`refit` would give had fold f been left out of the calibration data — the weights an
+    end-to-end check runs on fold f's samples.
+    """
+    total = stats.total()
+    result: list[np.ndarray | None] = []
+    for fold in stats.folds:
+        if not fold.rows or total.rows == fold.rows:
+            result.append(None)
+            continue
+        result.append(_ridge_path(_minus(total, fold), current, [damping], stats.intercept, stats.features)[0])
+    return tuple(result)
 
 
 def conv_patches(
