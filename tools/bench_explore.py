@@ -17,16 +17,21 @@ configuration; after ``quant_pre_process``) on the same calibration samples.
 
 Costs: on ``cpu`` the frontier's cost is *measured* latency — every evaluated
 model in one onnxruntime process, 1 intra-op thread, interleaved round-robin
-(A B C … per round, ``--latency-runs`` rounds), medians — at the model's batch
-(``LATENCY_BATCH``); on ``vbit`` it is bit-operations (the target's cost
-model; the hardware is not here). Quality: task accuracy with labels (digits,
+(A B C … per round, ``--latency-runs`` rounds), medians of each time relative
+to its round (the drift a round shares cancels), identical pipelines timed
+once — at the model's batch (``LATENCY_BATCH``); on ``vbit`` it is
+bit-operations (the target's cost model; the hardware is not here). Quality: task accuracy with labels (digits,
 mnist), else top-1 agreement with the float model (mobilenetv2: 64 test
 images, so one image is 1.6 points).
 
 For each baseline the table says whether a frontier point is at least as
 accurate at the baseline's cost (``acc@cost``) and at most as costly at its
-accuracy (``cost@acc``); "dominates" = both. A Pareto plot per model × target
-is saved under ``docs/bench_explore/`` and linked. The section of BENCHMARKS.md
+accuracy (``cost@acc``); "dominates" = both, strictly; "within τ" = the same
+with the baseline's latency widened by the measurement's tolerance τ (stated
+per block, from the spread of the interleaved rounds; explore's
+``latency_noise``) — a tie the timing cannot resolve, shown beside the strict
+verdict, never instead of it. A Pareto plot per model × target
+is saved under ``docs/bench_explore/`` beside ``--benchmarks`` and linked. The section of BENCHMARKS.md
 between ``<!-- bench_explore:start -->`` and ``<!-- bench_explore:end -->`` is
 replaced (other sections are kept).
 
@@ -104,7 +109,8 @@ def ort_static(model: Path, calib: Path, out: Path, samples: int = 128) -> Path:
     return out
 
 
-def run_one(name: str, target: str, work: Path, runs: int, fresh: bool) -> dict[str, Any] | str:
+def run_one(name: str, target: str, work: Path, runs: int, fresh: bool, docs: Path) -> dict[str, Any] | str:
+    """Explore ``name`` on ``target`` in ``work``; the Pareto plot goes under ``<docs>/docs/bench_explore/``."""
     import onnxpq.search.explore as explore_mod
     from onnxpq.report.pareto import pareto_figure
 
@@ -127,10 +133,10 @@ def run_one(name: str, target: str, work: Path, runs: int, fresh: bool) -> dict[
     seconds = time.perf_counter() - start
     doc = result.document
     figure = pareto_figure(doc, [doc["primary_cost"], "weight_bits"], title=f"{name} on {target}")
-    png = REPO_ROOT / "docs" / "bench_explore" / f"{name}-{target}.png"
+    png = docs / "docs" / "bench_explore" / f"{name}-{target}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png, dpi=90)
-    return {"doc": doc, "seconds": seconds, "png": png.relative_to(REPO_ROOT), "settings": settings}
+    return {"doc": doc, "seconds": seconds, "png": png.relative_to(docs), "settings": settings}
 
 
 def _fmt_cost(value: float | None, figure: str) -> str:
@@ -165,29 +171,41 @@ def section_block(name: str, target: str, run: dict[str, Any] | str) -> str:
     frontier = sorted((p for p in planned if p["on_frontier"][primary]), key=lambda p: p["costs"][primary])
     comparison = doc["baseline_comparison"][primary]
     verdicts = [c["dominates"] for c in comparison.values()]
+    tolerance = max((c.get("tolerance") or 0.0 for c in comparison.values()), default=0.0)
     lines = [head]
+    anchors = doc["planner"].get("anchors")
     lines.append(
         f"Quality: {doc['quality_measure']} on {doc['data']['eval_samples']} samples; cost: {primary} "
         f"({'measured, 1 thread, interleaved, medians, batch ' + str(doc['latency_batch']) if primary == 'latency_ms' else 'the target cost model'}); "
-        f"planner cost model: {doc['planner']['cost_model']}; {len(planned)} planned configurations, "
+        f"planner cost model: {doc['planner']['cost_model']}; {len(planned)} planned configurations"
+        f"{f' ({anchors} of them anchors around the target default)' if anchors else ''}, "
         f"{doc['planner']['sensitivity_evaluations']} sensitivity measurements; {run['seconds']:.0f} s "
         f"(settings: {json.dumps(run['settings'])}).\n"
     )
     missed = [k[2:] for k, c in comparison.items() if not c["dominates"]]
-    lines.append(f"**The frontier dominates {sum(1 for v in verdicts if v)} of {len(verdicts)} baselines**"
+    lines.append(f"**The frontier dominates {sum(1 for v in verdicts if v)} of {len(verdicts)} baselines** (strictly)"
                  + (f" (not: {', '.join(missed)})." if missed else ".") + "\n")
+    noise = doc.get("latency_noise") or {}
+    if tolerance > 0:
+        within = [k[2:] for k, c in comparison.items() if c.get("dominates_within_tolerance")]
+        lines.append(
+            f"Within the latency measurement's noise (τ = {tolerance:.1%}: the median relative half-width of the 95 % "
+            f"interval of a model's median over {noise.get('rounds')} interleaved rounds, each time relative to its round; a frontier "
+            f"point as accurate and at most τ dearer is a tie): {len(within)} of {len(verdicts)}"
+            + (f" ({', '.join(within)})." if within else ".") + "\n")
     lines.append(f"| baseline | {doc['quality_measure']} | {primary} | frontier best at ≤ cost | acc@cost | "
-                 "frontier least cost at ≥ acc | cost@acc | dominates |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+                 "frontier least cost at ≥ acc | cost@acc | dominates | within τ |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     float_point = points["b-float"]
-    lines.append(f"| float | {float_point['quality']:.4f} | {_fmt_cost(float_point['costs'][primary], primary)} | | | | | |")
+    lines.append(f"| float | {float_point['quality']:.4f} | {_fmt_cost(float_point['costs'][primary], primary)} | | | | | | |")
     for key, c in comparison.items():
         b = points[key]
         best_q = "—" if c["best_quality_at_cost"] is None else f"{c['best_quality_at_cost']:.4f}"
+        tie = "yes" if c.get("dominates_within_tolerance") else "no"
         lines.append(
             f"| {key[2:]} | {b['quality']:.4f} | {_fmt_cost(b['costs'][primary], primary)} | {best_q} | "
             f"{'yes' if c['as_accurate_at_cost'] else 'no'} | {_fmt_cost(c['least_cost_at_quality'], primary)} | "
-            f"{'yes' if c['as_cheap_at_accuracy'] else 'no'} | {'**yes**' if c['dominates'] else 'no'} |"
+            f"{'yes' if c['as_cheap_at_accuracy'] else 'no'} | {'**yes**' if c['dominates'] else 'no'} | {tie} |"
         )
     lines.append("")
     lines.append(f"Frontier ({primary}): " + "; ".join(
@@ -201,6 +219,10 @@ def section_block(name: str, target: str, run: dict[str, Any] | str) -> str:
         lines.append("|---|---|---|---|---|")
         lines += _why(doc, chosen)
         lines.append("")
+    agreement = doc["planner"].get("cost_agreement") or {}
+    if agreement.get("spearman") is not None:
+        lines.append(f"Planner cost vs {primary} (Σ per-layer {doc['planner']['cost_model']} cost against the whole model, "
+                     f"{agreement['points']} planned configurations): Spearman = {agreement['spearman']:.3f}.\n")
     add = doc["additivity"]
     if add.get("pearson_log10") is not None:
         lines.append(f"Additivity (Σ per-layer noise vs measured noise, {add['configurations']} configurations incl. random ones): "
@@ -255,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["digits", "mnist", "mobilenetv2"])
     parser.add_argument("--targets", nargs="+", default=["cpu", "vbit"])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onnxpq-bench-explore")
-    parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--fresh", action="store_true", help="discard cached evaluations in --work")
     parser.add_argument("--benchmarks", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -266,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         for target in args.targets:
             print(f"== {name} on {target}", flush=True)
-            run = run_one(name, target, args.work, args.latency_runs, args.fresh)
+            run = run_one(name, target, args.work, args.latency_runs, args.fresh, args.benchmarks.resolve().parent)
             blocks[f"{name}-{target}"] = section_block(name, target, run)
             print(blocks[f"{name}-{target}"], flush=True)
             write_section(args.benchmarks, blocks, command.strip())

@@ -57,6 +57,33 @@ def test_frontier_points_are_not_dominated(run: tuple) -> None:
             assert p["on_frontier"][figure] == (not dominated)
 
 
+def test_the_target_default_is_a_planned_configuration(run: tuple) -> None:
+    doc = run[3]
+    default = next(p for p in doc["points"] if p["id"] == "b-target-default")
+    planned = [p for p in doc["points"] if p["kind"] == "planned" and p["pipeline"] == default["pipeline"]]
+    assert len(planned) == 1 and set(planned[0]["layers"].values()) == {"int8"}
+    assert planned[0]["how"].startswith("anchor")
+
+
+def test_identical_pipelines_share_one_latency(run: tuple) -> None:
+    points = {p["id"]: p for p in run[3]["points"]}
+    twin = next(p for p in points.values() if p["kind"] == "planned" and p["pipeline"] == points["b-float"]["pipeline"])
+    assert twin["costs"]["latency_ms"] == points["b-float"]["costs"]["latency_ms"]
+    assert twin["id"] in points["b-float"]["latency_shared_with"]
+    low, high = twin["latency_interval_ms"]
+    assert low <= twin["costs"]["latency_ms"] <= high
+
+
+def test_baseline_verdicts_state_the_tolerance_beside_the_strict_one(run: tuple) -> None:
+    doc = run[3]
+    tolerance = doc["latency_noise"]["relative_tolerance"]
+    assert tolerance >= 0.0 and doc["latency_noise"]["rounds"] == 3
+    for verdict in doc["baseline_comparison"]["latency_ms"].values():
+        assert verdict["tolerance"] == tolerance and "dominates" in verdict and "dominates_within_tolerance" in verdict
+        assert not verdict["dominates"] or verdict["dominates_within_tolerance"]
+    assert all(v["tolerance"] == 0.0 for v in doc["baseline_comparison"]["bops"].values())
+
+
 def test_chosen_is_the_cheapest_within_the_default_drop(run: tuple) -> None:
     doc = run[3]
     primary = doc["primary_cost"]

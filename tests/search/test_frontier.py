@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnxpq.search.frontier import dominates, pareto_mask, versus_baseline
+from onnxpq.search.frontier import dominates, median_interval, pareto_mask, versus_baseline
 
 
 def test_dominated_points_are_marked() -> None:
@@ -46,3 +46,27 @@ def test_versus_baseline_dominates_when_cheaper_and_as_accurate() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError):
         pareto_mask([1.0], [0.5, 0.6])
+
+
+def test_a_tie_within_the_tolerance_is_reported_beside_the_strict_loss() -> None:
+    result = versus_baseline([(1.02, 0.95), (2.0, 0.99)], (1.0, 0.95), tolerance=0.03)
+    assert result["dominates"] is False and result["dominates_within_tolerance"] is True
+    assert result["tolerance"] == 0.03
+    assert versus_baseline([(1.05, 0.95)], (1.0, 0.95), tolerance=0.03)["dominates_within_tolerance"] is False
+
+
+def test_tolerance_never_forgives_lower_quality() -> None:
+    assert versus_baseline([(0.5, 0.94)], (1.0, 0.95), tolerance=0.5)["dominates_within_tolerance"] is False
+
+
+def test_median_interval_covers_the_median_and_narrows_with_more_samples() -> None:
+    import random
+
+    rng = random.Random(0)
+    small = [rng.gauss(1.0, 0.1) for _ in range(30)]
+    large = [rng.gauss(1.0, 0.1) for _ in range(3000)]
+    for samples in (small, large):
+        low, median, high = median_interval(samples)
+        assert low <= median <= high
+    assert median_interval(large)[2] - median_interval(large)[0] < (median_interval(small)[2] - median_interval(small)[0]) / 3
+    assert median_interval([2.0]) == (2.0, 2.0, 2.0)

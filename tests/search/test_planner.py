@@ -9,7 +9,7 @@ import pytest
 
 from onnxpq.analysis.cost_models import LayerFacts
 from onnxpq.search.configuration import LayerSetting
-from onnxpq.search.planner import Option, Tradeoff, configuration_cost, lagrangian_plans, sweep_plans
+from onnxpq.search.planner import Option, Tradeoff, anchor_plans, configuration_cost, lagrangian_plans, sweep_plans
 from onnxpq.search.sensitivity import LayerSpace
 
 
@@ -88,3 +88,61 @@ def test_configuration_cost_multiplies_the_kept_fractions_of_every_group() -> No
     assert configuration_cost(space, {}, {}, cost_of) == 300.0
     # a owns the group {a (producer), b (consumer)}: both shrink by the kept fraction, c does not
     assert configuration_cost(space, {"a": LayerSetting(prune_ratio=0.5)}, {"a": 0.5}, cost_of) == 200.0
+
+
+def _anchor_options() -> dict[str, list[Option]]:
+    """Three layers: float, int8 (the reference) and an int8+pruned option; 'b' is dearer in int8 than in float."""
+    out = {}
+    for name, (int8_error, float_cost, int8_cost) in {"a": (0.3, 10.0, 6.0), "b": (0.1, 4.0, 5.0), "c": (0.2, 8.0, 4.0)}.items():
+        out[name] = [
+            Option(LayerSetting(), 0.0, float_cost),
+            Option(LayerSetting(quant="int8"), int8_error, int8_cost),
+            Option(LayerSetting(quant="int8", prune_ratio=0.5), int8_error + 0.05, int8_cost / 2, 0.5),
+        ]
+    return out
+
+
+def test_anchors_start_with_the_reference_configuration() -> None:
+    plans = anchor_plans(_anchor_options(), {k: LayerSetting(quant="int8") for k in "abc"})
+    assert plans[0].settings == {k: LayerSetting(quant="int8") for k in "abc"}
+    assert plans[0].predicted_cost == pytest.approx(15.0) and plans[0].how.startswith("anchor")
+
+
+def test_anchors_toward_accuracy_give_the_noisiest_layers_back_to_float() -> None:
+    plans = {p.how: p for p in anchor_plans(_anchor_options(), {k: LayerSetting(quant="int8") for k in "abc"})}
+    one = next(p for how, p in plans.items() if "1 noisiest" in how)
+    two = next(p for how, p in plans.items() if "2 noisiest" in how)
+    assert one.settings["a"] == LayerSetting() and one.settings["c"] == LayerSetting(quant="int8")
+    assert two.settings["a"] == two.settings["c"] == LayerSetting() and two.settings["b"] == LayerSetting(quant="int8")
+
+
+def test_anchors_toward_cost_take_the_least_noise_per_cost_saved_first() -> None:
+    int8, pruned = LayerSetting(quant="int8"), LayerSetting(quant="int8", prune_ratio=0.5)
+    plans = [p for p in anchor_plans(_anchor_options(), {k: int8 for k in "abc"}) if "cheaper option" in p.how]
+    # pruned: a saves 3 at 0.05 noise, b 2.5, c 2 at the same noise; float (cheaper for b) is not a cost move
+    assert [(p.settings["a"], p.settings["b"], p.settings["c"]) for p in plans] == [
+        (pruned, int8, int8), (pruned, pruned, int8), (pruned, pruned, pruned)]
+    assert all(p.predicted_cost < 15.0 for p in plans)
+
+
+def test_payoff_anchor_gives_back_layers_dearer_than_float() -> None:
+    options = _anchor_options()
+    options["c"][0] = Option(LayerSetting(), 0.0, 3.0)  # c too: its float kernel is the faster one
+    plans = anchor_plans(options, {k: LayerSetting(quant="int8") for k in "abc"})
+    payoff = [p for p in plans if "dearer" in p.how]
+    assert len(payoff) == 1
+    assert payoff[0].settings == {"a": LayerSetting(quant="int8"), "b": LayerSetting(), "c": LayerSetting()}
+
+
+def test_anchors_are_distinct() -> None:
+    plans = anchor_plans(_anchor_options(), {k: LayerSetting(quant="int8") for k in "abc"})
+    assert len({p.key for p in plans}) == len(plans)
+
+
+def test_uniform_anchors_put_each_structural_candidate_on_every_layer() -> None:
+    int8 = LayerSetting(quant="int8")
+    options = _anchor_options()
+    options["c"].append(Option(LayerSetting(prune_ratio=0.5), 0.05, 4.0, 0.5))  # only c has float+prune measured
+    configs = [p.settings for p in anchor_plans(options, {k: int8 for k in "abc"})]
+    assert {"a": LayerSetting(), "b": LayerSetting(), "c": LayerSetting(prune_ratio=0.5)} in configs
+    assert {k: LayerSetting(quant="int8", prune_ratio=0.5) for k in "abc"} in configs

@@ -3,8 +3,10 @@
 The plot (matplotlib, Agg, inlined as SVG) shows quality against cost for every
 evaluated configuration: frontier points joined by a step line, dominated
 points hollow and grey, the uniform baselines as labelled squares. The page
-adds the per-layer decision table of the chosen and frontier configurations,
-the sensitivities and the additivity check. No external assets.
+adds the baselines' verdicts (strict, and within the latency measurement's
+tolerance), the per-layer decision table of the chosen and frontier
+configurations, the sensitivities, the additivity check and the planner
+cost's rank agreement with the whole model's. No external assets.
 """
 
 from __future__ import annotations
@@ -124,6 +126,40 @@ def _decision_table(document: dict[str, Any]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _cost_agreement(document: dict[str, Any]) -> str:
+    agreement = document.get("planner", {}).get("cost_agreement") or {}
+    if agreement.get("spearman") is None:
+        return ""
+    return (f"<h2>Planner cost against {_esc(document['primary_cost'])}</h2><p>{_esc(agreement.get('points'))} planned "
+            f"configurations; Spearman rank correlation of the planner's predicted cost (Σ per layer, "
+            f"{_esc(document['planner']['cost_model'])}) with the whole model's = {_fmt(agreement.get('spearman'))}</p>")
+
+
+def _baselines_table(document: dict[str, Any]) -> str:
+    """Every baseline against the frontier of the primary cost: the strict verdict and, beside it, the one within τ."""
+    primary = document["primary_cost"]
+    comparison = document.get("baseline_comparison", {}).get(primary, {})
+    if not comparison:
+        return ""
+    points = {p["id"]: p for p in document["points"]}
+    yes_no = {True: "yes", False: "no", None: "—"}
+    rows = []
+    for key, c in comparison.items():
+        b = points.get(key, {})
+        rows.append(
+            f"<tr><td>{_esc(key[2:])}</td><td>{_fmt(b.get('quality'))}</td><td>{_fmt((b.get('costs') or {}).get(primary))}</td>"
+            f"<td>{_fmt(c.get('best_quality_at_cost'))}</td><td>{_fmt(c.get('least_cost_at_quality'))}</td>"
+            f"<td>{yes_no[c.get('dominates')]}</td><td>{yes_no[c.get('dominates_within_tolerance')]}</td></tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("baseline", document["quality_measure"], primary, "frontier best at ≤ cost",
+                                            "frontier least cost at ≥ quality", "dominated (strict)", "within τ"))
+    noise = document.get("latency_noise") or {}
+    tolerance = max((c.get("tolerance") or 0.0 for c in comparison.values()), default=0.0)
+    note = (f"<p class='muted'>τ = {tolerance:.1%}: {_esc(noise.get('method'))}; a frontier point as good and at most τ "
+            "dearer is a tie the measurement cannot resolve. The strict verdict stands beside it.</p>") if tolerance else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
+
+
 def render_explore_html(document: dict[str, Any]) -> str:
     """The explore report as one self-contained HTML page."""
     from onnxpq.report.html import _CSS
@@ -141,6 +177,8 @@ def render_explore_html(document: dict[str, Any]) -> str:
         f"<p>Chosen: <b>{_esc(document.get('chosen'))}</b> — gate {status}</p>",
         "<h2>Pareto frontier</h2>",
         pareto_svg(document),
+        "<h2>Baselines</h2>",
+        _baselines_table(document),
         "<h2>Configurations</h2>",
         _points_table(document),
         "<h2>Per-layer decisions (frontier and chosen)</h2>",
@@ -149,6 +187,7 @@ def render_explore_html(document: dict[str, Any]) -> str:
         f"<p>{_esc(additivity.get('configurations'))} configurations; Pearson r of log10 (predicted Σ noise, measured noise) "
         f"= {_fmt(additivity.get('pearson_log10'))}; Spearman = {_fmt(additivity.get('spearman'))}; measured/predicted "
         f"median {_fmt(additivity.get('ratio_median'))}</p>",
+        _cost_agreement(document),
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -36,7 +36,8 @@ from onnxpq.core.context import PassContext
 from onnxpq.core.manager import PassManager
 from onnxpq.core.pipeline_text import parse_pipeline
 from onnxpq.core.session import make_session, run_in_batches
-from onnxpq.io import load_model
+from onnxpq.errors import OnnxpqError
+from onnxpq.io import load_model, save_model
 from onnxpq.targets.profile import load_target
 from onnxpq.validation.data import load_dataset
 from onnxpq.validation.fidelity import compare_outputs, is_classifier_output
@@ -93,6 +94,8 @@ class Evaluation:
         calibration: ``.npz`` the passes calibrate on.
         target: built-in target name or TOML path.
         digests: content hashes of the files above (they make :attr:`key` content-addressed).
+        save_to: where to write the produced model too (empty: nowhere); not part of :attr:`key`, and a
+            path on the machine that runs the task (explore sets it for executors on this machine only).
     """
 
     model: str
@@ -102,6 +105,7 @@ class Evaluation:
     calibration: str
     target: str
     digests: tuple[str, ...] = ()
+    save_to: str = ""
 
     @property
     def key(self) -> str:
@@ -142,6 +146,11 @@ def evaluate(task: Evaluation) -> dict[str, Any]:
         with PassContext(target=target, calibration=calibration.inputs):
             model = manager(model).model
         records = manager.records
+    if task.save_to:
+        try:
+            save_model(model, task.save_to)
+        except OnnxpqError as exc:  # the measurement stands; whoever needs the model builds it again
+            logger.warning("evaluation: could not keep the model of %r at %s (%s)", task.pipeline[:80], task.save_to, exc)
     outputs = run_in_batches(make_session(model), data.inputs)
     fidelity = compare_outputs(reference, outputs)
     result: dict[str, Any] = {

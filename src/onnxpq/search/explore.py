@@ -12,18 +12,31 @@ run by an executor — this process, a local pool or Ray — and cached in
 3. sensitivity (:mod:`onnxpq.search.sensitivity`) of every layer × candidate;
 4. plans (:mod:`onnxpq.search.planner`): the DP trade-off at ``points``
    budgets plus the Lagrangian hull, in the target's cost model
-   (:func:`onnxpq.analysis.cost_models.layer_cost`); with ``budget`` the plan
+   (:func:`onnxpq.analysis.cost_models.layer_cost`; ``measured``: each layer
+   profiled at the shapes of one timed run, ``latency_batch``); with ``budget`` the plan
    for that budget, with ``max_accuracy_drop`` one refinement round between
-   the cheapest passing and the most expensive failing plan;
+   the cheapest passing and the most expensive failing plan; and the anchors
+   (:func:`onnxpq.search.planner.anchor_plans`): the target's default on every
+   layer and its neighbours by measured sensitivity (the noisiest layers back
+   to float, the least noisy per cost saved cheaper, the layers whose default
+   costs more than float back to float) and each structural candidate on
+   every layer, which do not rely on the per-layer costs adding up;
 5. evaluation of every plan and of the uniform baselines (float, the target's
    default pipeline, 4-bit weights, 50 % channels) on the validation data:
    task accuracy with labels, else top-1 agreement with float, else SQNR;
    MACs, BOPs and weight bits from the produced model; latency measured on this
-   CPU (1 thread, every model interleaved round-robin, medians) when the
-   target's cost model is ``measured`` and its provider is here, else
-   estimated as BOPs / ``bops_per_second`` and marked so;
+   CPU (1 thread, every distinct model interleaved round-robin, medians of the
+   times relative to their round, with their 95 % interval; points with the
+   same pipeline share one timing) when
+   the target's cost model is ``measured`` and its provider is here, else
+   estimated as BOPs / ``bops_per_second`` and marked so; a planned or
+   baseline evaluation keeps its model (``cache/built/``), so nothing is
+   built twice;
 6. the frontier per cost figure (:mod:`onnxpq.search.frontier`) over the
-   planned configurations; the chosen configuration: the cheapest (primary
+   planned configurations, compared with every baseline strictly and within
+   the latency measurement's tolerance (``latency_noise``); the rank
+   correlation of the planner's predicted cost with the primary cost
+   (``planner.cost_agreement``); the chosen configuration: the cheapest (primary
    cost) within ``max_accuracy_drop`` (default 0.01 when neither is given), or
    the most accurate within ``budget`` (a fraction of the float model's
    primary cost);
@@ -40,7 +53,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +62,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxpq.analysis.cost_models import LayerChoice, layer_cost, layer_facts
+from onnxpq.analysis.node_latency import spearman
 from onnxpq.core.context import PassContext
 from onnxpq.core.manager import PassManager
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
@@ -59,8 +73,8 @@ from onnxpq.report.schema import environment
 from onnxpq.search.configuration import FLOAT_SETTING, LayerSetting, TargetPasses
 from onnxpq.search.evaluation import REFERENCE_PREFIX, Evaluation, ResultStore, file_digest, run_evaluations
 from onnxpq.search.executors import make_executor
-from onnxpq.search.frontier import pareto_mask, versus_baseline
-from onnxpq.search.planner import Plan, Tradeoff, configuration_cost, layer_options, sweep_plans
+from onnxpq.search.frontier import median_interval, pareto_mask, versus_baseline
+from onnxpq.search.planner import Plan, Tradeoff, anchor_plans, configuration_cost, layer_options, sweep_plans
 from onnxpq.search.sensitivity import LayerSpace, additivity, measure_sensitivity
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
@@ -134,8 +148,8 @@ def _quality(result: dict[str, Any]) -> tuple[float | None, str]:
     return result.get("sqnr_db"), "sqnr_db"
 
 
-def _interleaved_latency(models: dict[str, ir.Model], feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
-    """Median ms per run of every model, 1 thread, round-robin over the models ``runs`` times after a warm-up."""
+def _interleaved_latency(models: dict[str, ir.Model], feed: dict[str, np.ndarray], runs: int) -> dict[str, list[float]]:
+    """Every model's ms per run, 1 thread, round-robin over the models ``runs`` times after a warm-up."""
     sessions = {key: make_session(model, threads=1) for key, model in models.items()}
     for session in sessions.values():
         for _ in range(3):
@@ -146,7 +160,7 @@ def _interleaved_latency(models: dict[str, ir.Model], feed: dict[str, np.ndarray
             start = time.perf_counter()
             session.run(None, feed)
             times[key].append((time.perf_counter() - start) * 1e3)
-    return {key: float(np.median(v)) for key, v in times.items()}
+    return times
 
 
 def _latency_feed(dataset: Dataset, model: ir.Model, batch: int) -> dict[str, np.ndarray]:
@@ -181,14 +195,24 @@ class _Explorer:
         report = self.progress
         return lambda done, total: report(name, done, total)
 
-    def task(self, pipeline: str, *, data: str = "eval", model: Path | None = None) -> Evaluation:
+    def task(self, pipeline: str, *, data: str = "eval", model: Path | None = None, keep: bool = False) -> Evaluation:
+        """The evaluation of ``pipeline`` on ``model`` (the cleaned one); ``keep``: the produced model is kept."""
         model = model or self.clean_path
         digest = self.clean_digest if model == self.clean_path else file_digest(model)
-        return Evaluation(
+        task = Evaluation(
             model=str(model), pipeline=pipeline, data=str(self.cache / f"{data}.npz"),
             reference=str(self.cache / f"{data}_reference.npz"), calibration=str(self.cache / "calib.npz"),
             target=self.target_ref, digests=(digest, self.digests[data], self.digests["calib"], self.target.to_toml()),
         )
+        if keep and model == self.clean_path and pipeline and getattr(self.executor, "name", "") in ("inline", "local"):
+            task = replace(task, save_to=str(self.built_path(pipeline)))
+        return task
+
+    def built_path(self, lossy: str) -> Path:
+        """Where the model of ``lossy`` (run on the cleaned model) is kept: named by the content hash of its evaluation."""
+        folder = self.cache / "built"
+        folder.mkdir(exist_ok=True)
+        return folder / f"{self.task(lossy).key[:32]}.onnx"
 
 
 def _prepare(ex: _Explorer, ir_model: ir.Model, data: PathLike | None, calibration: PathLike | None,
@@ -231,18 +255,29 @@ def _prepare(ex: _Explorer, ir_model: ir.Model, data: PathLike | None, calibrati
     ex.eval_data = dataset
 
 
-def _planner_costs(ex: _Explorer, space: LayerSpace, cost_model: str) -> tuple[Callable[[str, LayerSetting], float], str]:
+def _planner_costs(ex: _Explorer, space: LayerSpace, cost_model: str,
+                   latency_batch: int) -> tuple[Callable[[str, LayerSetting], float], str]:
+    """The planner's per-layer cost; ``measured`` prices every layer at the shapes of one timed run (``latency_batch``).
+
+    A layer's kernel time does not scale with the batch alike in int8 and float
+    (per-call overheads weigh less at a larger batch), so pricing at batch 1 a
+    model that is timed at batch 64 misranks configurations.
+    """
     used = cost_model
     if cost_model == "measured" and ex.target.providers[0] not in ort.get_available_providers():
         logger.warning("planner: %s is not available here to profile layers; planning on bops", ex.target.providers[0])
         used = "bops"
+    facts = space.facts
+    if used == "measured":
+        feed = _latency_feed(ex.eval_data, ex.clean, latency_batch)
+        facts = layer_facts(ex.clean, {name: list(array.shape) for name, array in feed.items()})
     memo: dict[tuple[str, LayerSetting], float] = {}
 
     def cost_of(layer: str, setting: LayerSetting) -> float:
         key = (layer, setting)
         if key not in memo:
             choice = LayerChoice(setting.weight_bits, setting.activation_bits, setting.density, 1.0, setting.n_m)
-            memo[key] = layer_cost(space.facts[layer], choice, used, ex.target)
+            memo[key] = layer_cost(facts.get(layer, space.facts[layer]), choice, used, ex.target)
         return memo[key]
 
     return cost_of, used
@@ -336,17 +371,16 @@ def explore(
         raise OnnxpqError(f"{model_path}: no Conv/Gemm/MatMul layer with a constant weight to plan for")
     passes = TargetPasses(chosen_target, space.layers, weight_method=weight_method, weight_bits=weight_bits)
     primary = "latency_ms" if chosen_target.cost.model == "measured" else chosen_target.cost.model
-    cost_of, planner_cost = _planner_costs(ex, space, chosen_target.cost.model)
+    cost_of, planner_cost = _planner_costs(ex, space, chosen_target.cost.model, latency_batch)
 
     sens_task = lambda text: ex.task(text, data="sens")  # noqa: E731
     sensitivity = measure_sensitivity(
         passes, space, sens_task, run_executor, ex.store,
         channel_ratios=channel_ratios, sparsities=sparsities, progress=ex.stage("sensitivity"),
     )
-    default_q = passes.quant_choices()[0] if passes.activation else f"w{passes.weights[0].bits if passes.weights else 8}"
-    reference = {layer: LayerSetting(quant=default_q) for layer in space.layers}
+    reference = {layer: LayerSetting(quant=passes.reference_quant()) for layer in space.layers}
     options = layer_options(space, sensitivity, cost_of, reference)
-    plans = sweep_plans(options, points)
+    plans = sweep_plans(options, points) + anchor_plans(options, reference)
     curve = Tradeoff(options)
     float_pred = configuration_cost(space, {}, {}, cost_of)
     if budget is not None:
@@ -358,7 +392,7 @@ def explore(
     baselines = _baselines(ex, passes)
     points_out: dict[str, dict[str, Any]] = {}
     _evaluate_plans(ex, passes, space, plans, points_out, cost_of)
-    baseline_tasks = {f"b-{name}": ex.task(text) for name, text in baselines.items()}
+    baseline_tasks = {f"b-{name}": ex.task(text, keep=True) for name, text in baselines.items()}
     for name, path in (extra_baselines or {}).items():
         baseline_tasks[f"b-{name}"] = ex.task("", model=Path(path))
     results = run_evaluations(list(baseline_tasks.values()), run_executor, ex.store, ex.stage("baselines"))
@@ -381,7 +415,7 @@ def explore(
         _evaluate_plans(ex, passes, space, randoms, points_out, cost_of, kind="random")
 
     latency_measured = chosen_target.cost.model == "measured" and chosen_target.providers[0] in ort.get_available_providers()
-    _latencies(ex, passes, points_out, latency_measured, latency_runs, latency_batch)
+    latency_noise = _latencies(ex, passes, points_out, latency_measured, latency_runs, latency_batch)
     planned = [p for p in points_out.values() if p["kind"] == "planned"]
     frontiers = {}
     for figure in COST_FIGURES:
@@ -389,8 +423,9 @@ def explore(
         for p, on in zip(planned, mask, strict=True):
             p["on_frontier"][figure] = on
         frontier_points = [(p["costs"][figure], p["quality"]) for p in planned if p["on_frontier"][figure]]
+        tolerance = latency_noise["relative_tolerance"] if figure == "latency_ms" else 0.0
         frontiers[figure] = {
-            key: versus_baseline(frontier_points, (b["costs"][figure], b["quality"]))
+            key: versus_baseline(frontier_points, (b["costs"][figure], b["quality"]), tolerance=tolerance)
             for key, b in points_out.items() if b["kind"] == "baseline" and key != "b-float"
         }
     for p in points_out.values():
@@ -409,10 +444,14 @@ def explore(
         "primary_cost": primary,
         "latency": "measured" if latency_measured else "estimated",
         "latency_batch": latency_batch,
-        "planner": {"cost_model": planner_cost, "points": points, "channel_ratios": list(channel_ratios),
+        "planner": {"cost_model": planner_cost, "cost_batch": latency_batch if planner_cost == "measured" else 1,
+                    "points": points, "channel_ratios": list(channel_ratios),
                     "sparsities": list(sparsities), "weight_method": weight_method,
                     "sensitivity_evaluations": sum(len(v) for v in sensitivity.entries.values()),
-                    "candidates": passes.quant_choices()},
+                    "candidates": passes.quant_choices(),
+                    "anchors": sum(1 for p in planned if (p["how"] or "").startswith("anchor")),
+                    "cost_agreement": _cost_agreement(planned, primary)},
+        "latency_noise": latency_noise,
         "data": {"eval_samples": ex.eval_samples, "calibration_samples": ex.calib_samples,
                  "sensitivity_samples": ex.sens_samples, "labels": ex.has_labels},
         "layers": [{"name": layer, "op_type": space.facts[layer].op_type, "macs": space.facts[layer].macs,
@@ -441,6 +480,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)
+
+
+def _cost_agreement(planned: list[dict[str, Any]], primary: str) -> dict[str, Any]:
+    """How the planner's predicted cost ranks the planned points against their ``primary`` cost (Spearman)."""
+    pairs = [(p["predicted_cost"], p["costs"][primary]) for p in planned
+             if p["predicted_cost"] is not None and p["costs"][primary] is not None]
+    if len(pairs) < 3:
+        return {"points": len(pairs), "spearman": None, "ratio_median": None}
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    return {"points": len(pairs), "spearman": None if math.isnan(rho) else rho,
+            "ratio_median": float(np.median([a / b for a, b in pairs if b]))}
 
 
 def _dedupe(plans: list[Plan]) -> list[Plan]:
@@ -492,7 +542,8 @@ def _evaluate_plans(ex: _Explorer, passes: TargetPasses, space: LayerSpace, plan
             continue
         known.add(full)
         todo.append((plan, lossy))
-    results = run_evaluations([ex.task(lossy) for _, lossy in todo], ex.executor, ex.store, ex.stage(kind))
+    results = run_evaluations([ex.task(lossy, keep=kind == "planned") for _, lossy in todo], ex.executor, ex.store,
+                              ex.stage(kind))
     count = sum(1 for p in points_out.values() if p["kind"] == kind)
     prefix = "p" if kind == "planned" else "r"
     for index, ((plan, lossy), result) in enumerate(zip(todo, results, strict=True)):
@@ -516,27 +567,89 @@ def _refine(curve: Tradeoff, planned: list[dict[str, Any]], float_quality: float
     return [p for p in plans if p is not None]
 
 
-def _latencies(ex: _Explorer, passes: TargetPasses, points: dict[str, dict[str, Any]], measured: bool, runs: int, batch: int) -> None:
+def _latencies(ex: _Explorer, passes: TargetPasses, points: dict[str, dict[str, Any]], measured: bool, runs: int,
+               batch: int) -> dict[str, Any]:
+    """Every planned and baseline point's ``latency_ms``; what the measurement's noise allows (``latency_noise``).
+
+    Measured: the distinct models (points with the same pipeline text, or the same
+    model file, are one model, timed once and sharing the figure) are timed
+    interleaved, ``runs`` rounds. A round's times share the machine's drift, so
+    each time ``t_{m,i}`` is divided by its round's geometric mean ``g_i`` over
+    the models; a model's latency is ``median_i(t_{m,i} / g_i) · median_i(g_i)``
+    with the 95 % interval of that median
+    (:func:`~onnxpq.search.frontier.median_interval`), scaled alike (the raw
+    median is kept beside it). The relative tolerance of the comparison with
+    baselines is the median over the models of their interval's relative
+    half-width. Random (additivity-check) points are not timed. Estimated:
+    BOPs / ``bops_per_second``, tolerance 0.
+    """
     bps = ex.target.cost.bops_per_second
     if not measured:
         for p in points.values():
             p["costs"]["latency_ms"] = p["costs"]["bops"] * batch / bps * 1e3
             p["latency_estimated"] = True
-        return
-    models: dict[str, ir.Model] = {}
+        return {"method": "estimated: bops / bops_per_second", "relative_tolerance": 0.0}
+    groups: dict[str, list[str]] = {}
     for key, p in points.items():
-        models[key] = load_model(p["model"], check=False) if p.get("model") else _build(ex, p["pipeline"], passes)
+        if p["kind"] == "random":
+            p["latency_estimated"] = None
+            continue
+        groups.setdefault(f"file:{p['model']}" if p.get("model") else f"pipeline:{p['pipeline']}", []).append(key)
+    models = {}
+    for identity, keys in groups.items():
+        p = points[keys[0]]
+        models[identity] = load_model(p["model"], check=False) if p.get("model") else _built(ex, p["pipeline"], passes)
     feed = _latency_feed(ex.eval_data, ex.clean, batch)
-    logger.info("timing %d models, %d interleaved runs each (1 thread)", len(models), runs)
-    for key, ms in _interleaved_latency(models, feed, runs).items():
-        points[key]["costs"]["latency_ms"] = ms
-        points[key]["latency_estimated"] = False
+    logger.info("timing %d distinct models (%d points), %d interleaved runs each (1 thread)",
+                len(models), sum(len(k) for k in groups.values()), runs)
+    times = _interleaved_latency(models, feed, runs)
+    # the machine's drift (other processes, clocks) hits every model of a round alike: each time is divided by
+    # its round's geometric mean, and the median of those ratios scaled back by the median round
+    rounds = np.exp(np.mean(np.log(np.maximum(np.array(list(times.values())), 1e-9)), axis=0))
+    scale = float(np.median(rounds))
+    widths = []
+    for identity, samples in times.items():
+        low, median, high = (v * scale for v in median_interval(np.asarray(samples) / rounds))
+        widths.append((high - low) / 2.0 / median if median > 0 else 0.0)
+        for key in groups[identity]:
+            points[key]["costs"]["latency_ms"] = median
+            points[key]["latency_interval_ms"] = [low, high]
+            points[key]["latency_raw_median_ms"] = float(np.median(samples))
+            points[key]["latency_estimated"] = False
+            points[key]["latency_shared_with"] = sorted(k for k in groups[identity] if k != key)
+    return {
+        "method": ("measured: 1 thread, every distinct model once per round, round-robin; a model's latency is the "
+                   "median of its times divided by their round's geometric mean over the models, times the median "
+                   "round (the drift common to a round cancels); its 95 % order-statistic interval likewise; "
+                   "tolerance = median over the models of that interval's relative half-width"),
+        "rounds": runs,
+        "models": len(models),
+        "relative_tolerance": float(np.median(widths)) if widths else 0.0,
+        "relative_half_width_p90": float(np.percentile(widths, 90)) if widths else 0.0,
+    }
+
+
+def _lossy_of(full_pipeline: str, passes: TargetPasses) -> str:
+    prefix = passes.prefix_text
+    return full_pipeline[len(prefix):].lstrip(",") if prefix and full_pipeline.startswith(prefix) else full_pipeline
+
+
+def _built(ex: _Explorer, full_pipeline: str, passes: TargetPasses) -> ir.Model:
+    """The model of a point: the one its evaluation kept, else built now (and kept)."""
+    lossy = _lossy_of(full_pipeline, passes)
+    if not lossy:
+        return ex.clean
+    path = ex.built_path(lossy)
+    if path.is_file():
+        return load_model(path, check=False)
+    model = _build(ex, full_pipeline, passes)
+    save_model(model, path)
+    return model
 
 
 def _build(ex: _Explorer, full_pipeline: str, passes: TargetPasses) -> ir.Model:
     """The model of a point: its lossy passes on the cleaned model (equal to its full pipeline on the input)."""
-    prefix = passes.prefix_text
-    lossy = full_pipeline[len(prefix):].lstrip(",") if prefix and full_pipeline.startswith(prefix) else full_pipeline
+    lossy = _lossy_of(full_pipeline, passes)
     if not lossy:
         return ex.clean
     calib = load_dataset(ex.cache / "calib.npz", ex.clean)
@@ -577,7 +690,7 @@ def _write_models(ex: _Explorer, passes: TargetPasses, points: dict[str, dict[st
     for key, p in points.items():
         if p["kind"] == "planned" and p["on_frontier"][primary]:
             path = folder / f"{key}.onnx"
-            save_model(_build(ex, p["pipeline"], passes), path)
+            save_model(_built(ex, p["pipeline"], passes), path)
             p["model"] = str(path)
     if chosen is not None:
-        save_model(_build(ex, points[chosen]["pipeline"], passes), ex.out_dir / "best.onnx")
+        save_model(_built(ex, points[chosen]["pipeline"], passes), ex.out_dir / "best.onnx")

@@ -29,6 +29,30 @@ Two solvers:
   is the least error of the first i layers within budget b. It also finds the
   points inside the hull that λ cannot reach. The reverse question — least
   cost with predicted error ≤ ε — is the smallest b with ``E_L(b) ≤ ε``.
+
+Both solve the *linearised* problem, whose cost is only as good as the sum of
+per-layer costs (a measured cost prices each layer alone: the Q/DQ and
+layout reorders between an int8 and a float neighbour are in no layer's
+figure). :func:`anchor_plans` therefore adds plans that do not depend on it:
+the reference configuration itself (every layer at the target's default
+treatment) and its one-directional neighbours, ordered by measured
+sensitivity alone —
+
+* payoff: the layers whose reference treatment costs more than float alone
+  (an int8 kernel slower than the float one) go back to float;
+* toward accuracy: the k layers whose reference treatment is noisiest go back
+  to float (k = 1, 2, 4, …);
+* toward cost: among the cheaper options that stay quantized (pruning,
+  sparsity, fewer bits; float is the payoff's move), each layer's option with
+  the least noise per unit of cost saved, ``(e_l(o) − e_l(ref)) / (c_l(ref) − c_l(o))``;
+  the k layers where that price is lowest take it (k = 1, 2, 4, …);
+* uniform: each structural candidate (a channel ratio, a sparsity, an N:M
+  pattern) on every layer it was measured for, on float and on the reference
+  — the uniform configurations of the planner's own axes, so that no uniform
+  setting of them is left for a baseline to hold alone.
+
+They are real configurations, evaluated and (on a measured target) timed
+like every other plan, so the frontier over them stays honest.
 """
 
 from __future__ import annotations
@@ -44,7 +68,16 @@ import numpy as np
 from onnxpq.search.configuration import FLOAT_SETTING, LayerSetting
 from onnxpq.search.sensitivity import LayerSpace, Sensitivity
 
-__all__ = ["Option", "Plan", "Tradeoff", "layer_options", "lagrangian_plans", "configuration_cost", "sweep_plans"]
+__all__ = [
+    "Option",
+    "Plan",
+    "Tradeoff",
+    "layer_options",
+    "lagrangian_plans",
+    "configuration_cost",
+    "sweep_plans",
+    "anchor_plans",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +253,73 @@ def sweep_plans(options: Mapping[str, list[Option]], count: int = 10, *, bins: i
             plans.append(plan)
     plans += lagrangian_plans(options)
     return sorted(_unique(plans), key=lambda p: p.predicted_cost)
+
+
+def _doublings(count: int) -> list[int]:
+    """1, 2, 4, … below ``count``, then ``count`` itself."""
+    steps, k = [], 1
+    while k < count:
+        steps.append(k)
+        k *= 2
+    return [*steps, count] if count else []
+
+
+def anchor_plans(options: Mapping[str, list[Option]], reference: Mapping[str, LayerSetting]) -> list[Plan]:
+    """The reference configuration and its neighbours toward accuracy, toward cost and by payoff (module docstring).
+
+    A layer whose reference setting is not among its options (not measured, or
+    its error is not finite) is float in every anchor.
+    """
+    if not options:
+        return []
+    floats = {layer: next((o for o in opts if o.setting == FLOAT_SETTING), None) for layer, opts in options.items()}
+    base: dict[str, Option] = {}
+    for layer, opts in options.items():
+        wanted = reference.get(layer, FLOAT_SETTING)
+        pick = next((o for o in opts if o.setting == wanted), None) or floats[layer]
+        if pick is None:
+            logger.debug("anchors: layer %r has neither its reference nor a float option; left out", layer)
+            return []
+        base[layer] = pick
+    plans = [_plan(options, base, "anchor: reference (every layer at the target's default)")]
+    slow = {layer: f for layer, o in base.items() if (f := floats[layer]) is not None and f.cost < o.cost}
+    if slow:
+        plans.append(_plan(options, {**base, **slow}, f"anchor: {len(slow)} layer(s) dearer than float back to float"))
+
+    noisy = sorted((layer for layer, o in base.items() if o.error > 0 and floats[layer] not in (None, o)),
+                   key=lambda layer: -base[layer].error)
+    for k in _doublings(len(noisy)):
+        picks = {**base, **{layer: floats[layer] for layer in noisy[:k]}}  # type: ignore[dict-item]
+        plans.append(_plan(options, picks, f"anchor: the {k} noisiest layer(s) back to float"))
+
+    moves: dict[str, tuple[float, Option]] = {}
+    for layer, ref in base.items():
+        keeps_quant = ref.setting.quant is None or ref is floats[layer]
+        cheaper = [o for o in options[layer] if o.cost < ref.cost and (keeps_quant or o.setting.quant is not None)]
+        if cheaper:
+            best = min(cheaper, key=lambda o: ((o.error - ref.error) / (ref.cost - o.cost), o.cost))
+            moves[layer] = ((best.error - ref.error) / (ref.cost - best.cost), best)
+    order = sorted(moves, key=lambda layer: moves[layer][0])
+    for k in _doublings(len(order)):
+        picks = {**base, **{layer: moves[layer][1] for layer in order[:k]}}
+        plans.append(_plan(options, picks, f"anchor: the {k} least noisy cheaper option(s) per cost saved"))
+
+
+    structural = sorted({(o.setting.sparsity, o.setting.n_m, o.setting.prune_ratio)
+                         for opts in options.values() for o in opts
+                         if o.setting.quant is None and o.setting != FLOAT_SETTING
+                         and sum((o.setting.sparsity > 0 or o.setting.n_m is not None, o.setting.prune_ratio > 0)) == 1},
+                        key=lambda v: (v[0], v[1] or (0, 0), v[2]))
+    for sparsity, n_m, ratio in structural:
+        label = LayerSetting(sparsity=sparsity, n_m=n_m, prune_ratio=ratio).label()
+        for start, name in ((floats, "float"), (base, "the target's default")):
+            picks = {}
+            for layer, opts in options.items():
+                quant = start[layer].setting.quant if start[layer] is not None else None
+                wanted = LayerSetting(quant=quant, sparsity=sparsity, n_m=n_m, prune_ratio=ratio)
+                picks[layer] = next((o for o in opts if o.setting == wanted), None) or start[layer] or base[layer]
+            plans.append(_plan(options, picks, f"anchor: {label} on every layer it applies to, on {name}"))
+    return _unique(plans)
 
 
 def configuration_cost(
