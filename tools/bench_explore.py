@@ -221,8 +221,9 @@ def section_block(name: str, target: str, run: dict[str, Any] | str) -> str:
         lines.append("")
     agreement = doc["planner"].get("cost_agreement") or {}
     if agreement.get("spearman") is not None:
-        lines.append(f"Planner cost vs {primary} (Σ per-layer {doc['planner']['cost_model']} cost against the whole model, "
-                     f"{agreement['points']} planned configurations): Spearman = {agreement['spearman']:.3f}.\n")
+        lines.append(f"Planner cost vs {primary} (Σ per-layer {doc['planner']['cost_model']} cost at batch "
+                     f"{doc['planner'].get('cost_batch', 1)} against the whole model, {agreement['points']} planned "
+                     f"configurations): Spearman = {agreement['spearman']:.3f}.\n")
     add = doc["additivity"]
     if add.get("pearson_log10") is not None:
         lines.append(f"Additivity (Σ per-layer noise vs measured noise, {add['configurations']} configurations incl. random ones): "
