@@ -398,7 +398,8 @@ def explore(
     results = run_evaluations(list(baseline_tasks.values()), run_executor, ex.store, ex.stage("baselines"))
     for (key, task), result in zip(baseline_tasks.items(), results, strict=True):
         points_out[key] = _point(key, "baseline", task.pipeline, passes, result, None)
-        points_out[key]["model"] = task.model if task.model != str(ex.clean_path) else None
+        if task.model != str(ex.clean_path):  # another tool's model, as it is: no pipeline of ours ran on it
+            points_out[key]["model"], points_out[key]["pipeline"] = task.model, task.pipeline
     float_quality = points_out["b-float"]["quality"]
 
     if max_accuracy_drop is not None:
