@@ -414,3 +414,29 @@ def test_cli_reports_bad_calibration_data_in_one_line(tmp_path: Path, capsys: py
 def test_invalid_calibration_from_python_raises_pipeline_error() -> None:
     with pytest.raises(PipelineError, match="calibration must be one of"):
         QuantizeActivationsPass(calibration="kl")  # type: ignore[arg-type]
+
+
+def test_a_model_importing_only_ai_onnx_ml_is_left_unchanged_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    proto = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["ai.onnx.ml": 1]>\n'
+        "g (float[N, 3] x) => (float[N, 3] y) { y = ai.onnx.ml.Binarizer<threshold=0.5>(x) }"
+    )
+    model = ir.from_proto(proto)
+    with caplog.at_level(logging.INFO), PassContext(calibration={"x": np.ones((4, 3), np.float32)}) as ctx:
+        assert QuantizeActivationsPass()(model).modified is False
+    assert ctx.details["skipped"] == "no default-domain opset"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("onnxpq")]
+
+
+@pytest.mark.parametrize(("opset", "quantized"), [(21, True), (17, False)])
+def test_float16_layers_need_opset_19(opset: int, quantized: bool) -> None:
+    w = np.eye(8, dtype=np.float16)
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 8])], [numpy_helper.from_array(w, "W")], opset)
+    x = _x((32, 8)).astype(np.float16)
+    out, records = _quantize(model, x, "quantize-activations{bits=4}")
+    assert records[0].modified == quantized
+    if quantized:
+        y = _run(out, x)
+        assert y.dtype == np.float16 and len(np.unique(y)) <= 16
