@@ -354,3 +354,73 @@ def test_model_over_2_gib_is_written_with_external_data_and_reloads(tmp_path: Pa
     finally:
         for data_file in tmp_path.glob("big.onnx*.data"):
             data_file.unlink(missing_ok=True)  # 2.3 GiB: do not keep it in pytest's kept tmp dirs
+
+
+# --------------------------------------------------------------------------- tensor store, mapping staged tensors
+
+
+def _in_memory_model(weight: np.ndarray = BIG_WEIGHT) -> ir.Model:
+    """Relu(x @ W) with W an in-memory tensor (as a pass leaves a new weight)."""
+    return ir.serde.deserialize_model(matmul_relu_model(weight))
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype"),
+    [(BIG_WEIGHT, None), (np.arange(-8, 8, dtype=np.int8).repeat(64).reshape(32, 32), ir.DataType.INT4)],
+    ids=["float32", "int4-packed"],
+)
+def test_tensor_store_gives_back_an_external_tensor_with_the_same_values(tmp_path: Path, array: np.ndarray, dtype: Any) -> None:
+    tensor = ir.Tensor(array, dtype=dtype, name="t") if dtype is not None else ir.tensor(array, name="t")
+    with io.TensorStore(tmp_path, min_bytes=1) as store:
+        first = store.put(ir.tensor(np.ones(3, np.uint8), name="odd"))  # the next one starts at an aligned offset
+        stored = store.put(tensor)
+        assert isinstance(stored, ir.ExternalTensor) and stored.offset % io.TensorStore.ALIGNMENT == 0
+        assert (stored.name, stored.dtype, stored.shape, stored.nbytes) == ("t", tensor.dtype, tensor.shape, tensor.nbytes)
+        np.testing.assert_array_equal(stored.numpy(), tensor.numpy())
+        np.testing.assert_array_equal(first.numpy(), np.ones(3, np.uint8))
+        assert store.bytes_stored == 3 + tensor.nbytes
+
+
+def test_tensor_store_keeps_small_tensors_in_memory_and_removes_its_folder_on_close(tmp_path: Path) -> None:
+    small = ir.tensor(np.ones(4, np.float32), name="small")
+    store = io.TensorStore(tmp_path, min_bytes=1024)
+    assert store.put(small) is small
+    big = store.put(ir.tensor(BIG_WEIGHT, name="big"))
+    assert [p.name.startswith(io.STAGING_PREFIX) for p in tmp_path.iterdir()] == [True]
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="invalidated"):
+        big.numpy()
+
+
+def test_staged_model_maps_in_memory_tensors_to_the_staged_file_and_they_follow_the_commit(out_dir: Path) -> None:
+    model = _in_memory_model()
+    staged = io.stage_model(model, out_dir / "o.onnx", external_data=True)
+    assert staged.map_tensors(model) == BIG_WEIGHT.nbytes
+    tensor = model.graph.initializers["W"].const_value
+    assert isinstance(tensor, ir.ExternalTensor) and tensor.location == staged.data_name
+    np.testing.assert_array_equal(tensor.numpy(), BIG_WEIGHT)
+    tensor.release()
+    staged.commit()
+    assert Path(tensor.path) == out_dir.resolve() / staged.data_name
+    np.testing.assert_array_equal(tensor.numpy(), BIG_WEIGHT)  # mapped again, from the committed file
+    x = _x(64)
+    np.testing.assert_allclose(_run(out_dir / "o.onnx", x), np.maximum(x @ BIG_WEIGHT, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_staged_model_mapped_tensors_are_invalid_after_discard(out_dir: Path) -> None:
+    model = _in_memory_model()
+    staged = io.stage_model(model, out_dir / "o.onnx", external_data=True)
+    staged.map_tensors(model)
+    staged.discard()
+    assert os.listdir(out_dir) == []
+    with pytest.raises(ValueError, match="invalidated"):
+        model.graph.initializers["W"].const_value.numpy()
+
+
+def test_staged_model_without_a_data_file_maps_nothing(tiny_model_path: Path, out_dir: Path) -> None:
+    model = io.load_model(tiny_model_path)
+    with io.stage_model(model, out_dir / "o.onnx") as staged:
+        assert staged.data_name is None and staged.map_tensors(model) == 0
+    assert not isinstance(model.graph.initializers["W"].const_value, ir.ExternalTensor)
+

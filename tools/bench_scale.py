@@ -224,6 +224,8 @@ def check_output(model: Path, output: Path, side: int = SIDE) -> float:
 
 
 def render(runs: list[Run], args: argparse.Namespace, layers: int, side: int, size: int, max_ratio: float) -> str:
+    from onnxpq.core.session import SEGMENT_BYTES, SEGMENTED_ABOVE_BYTES
+
     lines = [
         "## Scale: optimize a multi-GiB external-data model in bounded memory",
         "",
@@ -250,10 +252,14 @@ def render(runs: list[Run], args: argparse.Namespace, layers: int, side: int, si
     lines += [
         "",
         f"- Limit: peak RSS <= {max_ratio} x model size. How: external tensors are memory-mapped and released weight by "
-        "weight in the passes; the output's tensors are copied to the new data file in the kernel; validation runs a "
-        "model whose external data exceeds 256 MiB segment by segment (`onnxpq.core.session.SegmentedSession`, at most "
-        "64 MiB of weights per onnxruntime session, prepacking off), so its latency is estimated, not measured: "
-        f"`{runs[0].latency_method if runs else ''}`.",
+        "weight in the passes; the tensors the passes make go to a scratch data file beside the output "
+        "(`onnxpq.io.TensorStore`), not into memory, and are copied to the output's data file in the kernel; the output "
+        "keeps external data, and from staging on the optimized model reads its weights from the staged file "
+        f"(`StagedModel.map_tensors`); validation runs a model whose weights, as onnxruntime holds them, exceed "
+        f"{SEGMENTED_ABOVE_BYTES >> 20} MiB segment by segment (`onnxpq.core.session.SegmentedSession`, at most "
+        f"{SEGMENT_BYTES >> 20} MiB of weights per onnxruntime session, prepacking and the CPU memory arena off, freed "
+        "heap memory handed back after every run), so its latency is estimated, not measured: "
+        f"`{runs[0].latency_method if runs else ''}`. `onnxpq optimize -vv` logs the resident memory after each stage.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -30,6 +30,11 @@ applied to initializers, sparse initializers, attribute tensors, subgraphs
   within the file, and ``length`` equals the byte size the tensor's dims and
   dtype imply.
 
+Large models are never held in memory whole: besides the memory-mapped input,
+:class:`TensorStore` keeps the tensors passes make in a scratch data file
+beside the output, and :meth:`StagedModel.map_tensors` turns the in-memory
+tensors of a model just staged into memory maps of the staged data file.
+
 Uses onnx-ir for the in-memory graph (use-def links, lazy external tensors) and
 ``onnx`` only at the boundary (protobuf parsing, checker).
 """
@@ -68,6 +73,7 @@ __all__ = [
     "write_text_atomic",
     "stage_model",
     "StagedModel",
+    "TensorStore",
     "STAGING_PREFIX",
     "remove_stale_staging",
     "NONFINITE_POLICIES",
@@ -719,6 +725,47 @@ class StagedModel:
         self.data_name = data_name
         self._guarded = guarded
         self.committed = False
+        self._mapped: list[ir.ExternalTensor] = []
+
+    def map_tensors(self, model: ir.Model) -> int:
+        """Swap ``model``'s in-memory initializers for memory maps of their bytes in the staged data file.
+
+        ``model`` is the model just staged (or one with the same initializers):
+        each main-graph initializer held in memory that the staged ``.onnx``
+        stores in the data file becomes an :class:`onnx_ir.ExternalTensor` over
+        those bytes, the same values, so the arrays can be freed while
+        validation and reports still read the model. The tensors follow the data
+        file to the destination at :meth:`commit`, and are invalidated by
+        :meth:`discard`. Returns the bytes no longer held in memory.
+        """
+        if self.data_name is None:
+            return 0
+        proto = onnx.load(str(self.path), load_external_data=False)
+        places = {}
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                ref = _external_reference(tensor, "graph initializer")
+                if ref.location == self.data_name:
+                    places[tensor.name] = ref
+        del proto
+        freed = 0
+        for value in model.graph.initializers.values():
+            tensor, ref = value.const_value, places.get(value.name or "")
+            if tensor is None or ref is None or isinstance(tensor, ir.ExternalTensor):
+                continue
+            if ref.length != tensor.nbytes:  # not the tensor staged under this name: leave it alone
+                logger.debug("'%s': staged length %s != %d bytes in memory; kept in memory", value.name, ref.length, tensor.nbytes)
+                continue
+            mapped = ir.ExternalTensor(
+                ref.location, offset=ref.offset, length=ref.length, dtype=tensor.dtype, shape=ir.Shape(tensor.shape),
+                name=tensor.name or value.name, doc_string=tensor.doc_string,
+                metadata_props=dict(tensor.metadata_props), base_dir=str(self.tmp_dir),
+            )  # fmt: skip
+            value.const_value = mapped
+            self._mapped.append(mapped)
+            freed += tensor.nbytes
+        logger.debug("%d bytes of in-memory tensors now read from the staged %s", freed, self.data_name)
+        return freed
 
     def commit(self) -> Path:
         """Move the staged files into place, the ``.onnx`` last; return the destination."""
@@ -731,6 +778,9 @@ class StagedModel:
             os.replace(self.path, self.dest)
             with contextlib.suppress(OSError):
                 _fsync(folder)
+            for tensor in self._mapped:  # their data file is now the destination's (an open map stays valid)
+                tensor.base_dir = str(folder)
+            self._mapped = []
         except OSError as exc:
             raise OutputError(f"{self.dest}: cannot move the output into place ({exc.strerror or exc})") from exc
         finally:
@@ -753,8 +803,11 @@ class StagedModel:
                 logger.debug("removed %s, the data file of the output this one replaced", entry)
 
     def discard(self) -> None:
-        """Remove the staged files."""
+        """Remove the staged files; tensors given out by :meth:`map_tensors` and not committed become invalid."""
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        for tensor in self._mapped:
+            tensor.invalidate()
+        self._mapped = []
 
     def __enter__(self) -> StagedModel:
         return self
@@ -762,6 +815,78 @@ class StagedModel:
     def __exit__(self, *exc: object) -> None:
         if not self.committed:
             self.discard()
+
+
+class TensorStore:
+    """A scratch data file for the large tensors passes make, so that they are not held in memory.
+
+    :meth:`put` appends a tensor of at least ``min_bytes`` to
+    ``<folder>/.onnxpq-tmp-<pid>-*/tensors.data`` and returns an
+    :class:`onnx_ir.ExternalTensor` over those bytes (read through a memory
+    map, and copied in the kernel when the model is saved); a smaller tensor
+    comes back as it is. Passes reach it through
+    :meth:`onnxpq.core.context.PassContext.stored`; ``optimize`` gives one, in the
+    output's folder, to the passes of a model with external data (a quantized
+    3 GiB model is 0.75 GiB of new int8 weights). :meth:`close` removes the
+    folder (a killed process leaves it to :func:`remove_stale_staging`); the
+    tensors handed out are invalid after it.
+    """
+
+    #: Offsets are rounded up to this, so every tensor starts aligned for any element type.
+    ALIGNMENT = 64
+
+    def __init__(self, folder: str | os.PathLike[str], *, min_bytes: int = 64 * 1024) -> None:
+        try:
+            self.folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
+        except OSError as exc:
+            raise OutputError(f"cannot write in '{folder}' ({exc.strerror or exc})") from exc
+        self.min_bytes = min_bytes
+        self.location = "tensors.data"
+        self._handle = (self.folder / self.location).open("wb")
+        self._tensors: list[ir.ExternalTensor] = []
+        self.bytes_stored = 0
+
+    def put(self, tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+        """``tensor``'s bytes appended to the file, as an external tensor; ``tensor`` itself when small or already external."""
+        if self._handle.closed:
+            raise OnnxpqError(f"{self.folder}: the tensor store is closed")
+        if tensor.nbytes < self.min_bytes or isinstance(tensor, ir.ExternalTensor):
+            return tensor
+        offset = -(-self._handle.tell() // self.ALIGNMENT) * self.ALIGNMENT
+        self._handle.seek(offset)
+        try:
+            tensor.tofile(self._handle)
+            self._handle.flush()
+        except OSError as exc:
+            raise OutputError(f"{self.folder}: cannot write a scratch tensor ({exc.strerror or exc})") from exc
+        length = self._handle.tell() - offset
+        if length != tensor.nbytes:
+            raise OnnxpqError(f"tensor '{tensor.name}': {length} bytes written for {tensor.nbytes}")
+        stored = ir.ExternalTensor(
+            self.location, offset=offset, length=length, dtype=tensor.dtype, shape=ir.Shape(tensor.shape),
+            name=tensor.name, doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props),
+            base_dir=str(self.folder),
+        )  # fmt: skip
+        self._tensors.append(stored)
+        self.bytes_stored += length
+        return stored
+
+    def close(self) -> None:
+        """Remove the file; the tensors :meth:`put` returned become invalid."""
+        self._handle.close()
+        for tensor in self._tensors:
+            with contextlib.suppress(BufferError):  # a view alive elsewhere keeps its map until it goes
+                tensor.release()
+            tensor.invalidate()
+        self._tensors = []
+        shutil.rmtree(self.folder, ignore_errors=True)
+        logger.debug("tensor store %s removed (%d bytes had gone through it)", self.folder, self.bytes_stored)
+
+    def __enter__(self) -> TensorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _name_data_by_content(staged_onnx: Path, provisional: str, dest_name: str) -> str | None:

@@ -12,6 +12,15 @@ everything (exit code 1 in the CLI).
 Without ``calibration``, a seeded quarter of ``data`` (at most 256 samples)
 calibrates and the rest validates, so no figure is measured on the samples
 the ranges were fitted to.
+
+Memory. A model with external data (a large one) is never held in memory
+whole: its weights are memory-mapped and released weight by weight; the
+tensors the passes make go to a scratch file beside the output
+(:class:`onnxpq.io.TensorStore`); the output is written with external data
+too, and from staging on the optimized model reads its weights from the
+staged file (:meth:`onnxpq.io.StagedModel.map_tensors`), so validation runs
+with neither model's weights in memory. ``-vv`` logs the resident memory at
+each stage (:func:`onnxpq.core.memory.log_memory`).
 """
 
 from __future__ import annotations
@@ -28,12 +37,13 @@ import onnxruntime as ort
 
 from onnxpq.analysis.model_inputs import input_specs
 from onnxpq.core.context import PassContext
+from onnxpq.core.memory import log_memory, return_freed_memory
 from onnxpq.core.manager import PassManager
 from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.core.session import IN_MEMORY_LIMIT_BYTES, has_external_data, make_session, run_in_batches
 from onnxpq.errors import DataError, OutputError
-from onnxpq.io import check_finite_weights, external_files, load_model, stage_model, write_text_atomic
+from onnxpq.io import TensorStore, check_finite_weights, external_files, load_model, stage_model, write_text_atomic
 from onnxpq.core.progress import progress_switch
 from onnxpq.report.html import render_html
 from onnxpq.report.layers import report_layers
@@ -286,6 +296,7 @@ def optimize(
     _check_outputs(model_path, out_path, report, html)
     ir_model = load_model(model_path)
     check_finite_weights(ir_model, nonfinite_weights, source=model_path)
+    log_memory("loading the input")
     dataset = _dataset(ir_model, data)
     _check_gate_possible(ir_model, dataset, max_accuracy_drop)
     if calibration is not None:
@@ -296,65 +307,81 @@ def optimize(
     else:
         calib = dataset
 
-    def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
-        return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure)
+    input_files = external_files(ir_model)
+    with contextlib.ExitStack() as scratch:
+        # a model with external data is a large one: the tensors the passes make go to a scratch file beside the
+        # output (copied into it in the kernel on save), not into memory
+        store = scratch.enter_context(TensorStore(out_path.parent)) if input_files else None
 
-    manager = make_manager(passes)
-    fallback: FallbackResult | None = None
-    paid: PayoffResult | None = None
-    with PassContext(target=chosen, calibration=calib.inputs):
-        result = manager(ir_model)
-        out_model, records = result.model, manager.records
-        if payoff is None:
-            payoff = chosen.cost.model == "measured"
-        if payoff:
-            paid = _fit_payoff(
-                ir_model, out_model, passes, records, dataset, chosen, latency_batch, threads, latency_runs, make_manager
+        def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
+            return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure)
+
+        manager = make_manager(passes)
+        fallback: FallbackResult | None = None
+        paid: PayoffResult | None = None
+        with PassContext(target=chosen, calibration=calib.inputs, tensor_store=store):
+            result = manager(ir_model)
+            out_model, records = result.model, manager.records
+            if payoff is None:
+                payoff = chosen.cost.model == "measured"
+            if payoff:
+                paid = _fit_payoff(
+                    ir_model, out_model, passes, records, dataset, chosen, latency_batch, threads, latency_runs, make_manager
+                )
+                if paid is not None:
+                    out_model, records, passes = paid.model, paid.records, paid.passes
+            if max_accuracy_drop is not None:
+                fallback = _fit_gate(ir_model, out_model, passes, records, dataset, max_accuracy_drop, make_manager)
+                if fallback is not None:
+                    out_model, records, passes = fallback.model, fallback.records, fallback.passes
+        del result
+        log_memory("the passes")
+        protected = (model_path, *input_files)
+        # external data in, external data out: the output is then read piecewise (memory maps, validation segment by
+        # segment) where a protobuf holding its weights inline would be parsed whole by every later step
+        with stage_model(out_model, out_path, protect=protected, external_data=True if input_files else None) as staged:
+            if input_files:  # a large model: its new weights are read back from the staged file from here on
+                staged.map_tensors(out_model)
+                return_freed_memory()
+            log_memory("staging the output")
+            figures = measure_pair(
+                model_path, staged.path, chosen, dataset,
+                latency_runs=latency_runs, latency_batch=latency_batch, threads=threads,
             )
-            if paid is not None:
-                out_model, records, passes = paid.model, paid.records, paid.passes
-        if max_accuracy_drop is not None:
-            fallback = _fit_gate(ir_model, out_model, passes, records, dataset, max_accuracy_drop, make_manager)
+            figures.optimized.path = str(out_path)
+            log_memory("validation")
+            gate = _gate(figures, dataset, max_accuracy_drop)
             if fallback is not None:
-                out_model, records, passes = fallback.model, fallback.records, fallback.passes
-    protected = (model_path, *external_files(ir_model))
-    with stage_model(out_model, out_path, protect=protected) as staged:
-        figures = measure_pair(
-            model_path, staged.path, chosen, dataset,
-            latency_runs=latency_runs, latency_batch=latency_batch, threads=threads,
-        )
-        figures.optimized.path = str(out_path)
-        gate = _gate(figures, dataset, max_accuracy_drop)
-        if fallback is not None:
-            gate["given_back"] = fallback.given_back
-            gate["fallback"] = {"harm": fallback.harm, "drops": fallback.drops, "met": fallback.met}
-        layers = report_layers(
-            ir_model, out_model, passes, dataset,
-            harm=fallback.harm if fallback is not None else None, measure_error=layer_errors,
-        )
-        the_report = build_report(
-            command="optimize",
-            input_path=str(model_path),
-            output_path=str(out_path),
-            target=chosen,
-            pipeline=format_pipeline(passes),
-            pipeline_full=format_pipeline(passes, full=True),
-            records=records,
-            figures=figures,
-            dataset=dataset,
-            gate=gate,
-            layers=layers,
-        )
-        the_report["data"]["calibration"] = {"source": calib.source, "samples": calib.samples}
-        if paid is not None:
-            the_report["int8_payoff"] = paid.to_dict(batch=latency_batch, threads=threads, provider=chosen.providers[0])
-        # reports before the model: a full disk or a bad report path fails before anything is visible
-        reports = _write_reports(the_report, report, html, model_path)
-        try:
-            staged.commit()
-        except BaseException:
-            _remove(reports)
-            raise
+                gate["given_back"] = fallback.given_back
+                gate["fallback"] = {"harm": fallback.harm, "drops": fallback.drops, "met": fallback.met}
+            layers = report_layers(
+                ir_model, out_model, passes, dataset,
+                harm=fallback.harm if fallback is not None else None, measure_error=layer_errors,
+            )
+            log_memory("the per-layer table")
+            the_report = build_report(
+                command="optimize",
+                input_path=str(model_path),
+                output_path=str(out_path),
+                target=chosen,
+                pipeline=format_pipeline(passes),
+                pipeline_full=format_pipeline(passes, full=True),
+                records=records,
+                figures=figures,
+                dataset=dataset,
+                gate=gate,
+                layers=layers,
+            )
+            the_report["data"]["calibration"] = {"source": calib.source, "samples": calib.samples}
+            if paid is not None:
+                the_report["int8_payoff"] = paid.to_dict(batch=latency_batch, threads=threads, provider=chosen.providers[0])
+            # reports before the model: a full disk or a bad report path fails before anything is visible
+            reports = _write_reports(the_report, report, html, model_path)
+            try:
+                staged.commit()
+            except BaseException:
+                _remove(reports)
+                raise
     if not gate["passed"]:
         logger.warning("gate failed: %s", "; ".join(gate["reasons"]))
     return OptimizeResult(out_path, the_report)

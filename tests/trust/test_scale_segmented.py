@@ -70,3 +70,21 @@ def test_segmented_census_model_lists_every_segments_kernels(tmp_path: Path, mon
     make_session(path, optimized_model_path=str(optimized))
     ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
     assert sum(op in ("MatMul", "FusedMatMul", "Gemm") for op in ops) == 4
+
+
+def test_segment_sessions_run_without_the_cpu_arena_or_prepacking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's CPU arena keeps what it grew to (a segment's dequantized weights, run after run) until the session goes."""
+    path = _skip_chain(tmp_path)
+    options_seen: list[ort.SessionOptions] = []
+    real = ort.InferenceSession
+
+    def recording(model: bytes, sess_options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+        options_seen.append(sess_options)
+        return real(model, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(session_module.ort, "InferenceSession", recording)
+    segmented = SegmentedSession(path, ort.SessionOptions(), ["CPUExecutionProvider"], budget=16 * 1024)
+    run_in_batches(segmented, {"x": np.ones((2, 64), np.float32)})
+    assert len(options_seen) == len(segmented._segments) > 1
+    assert all(not o.enable_cpu_mem_arena for o in options_seen)
+    assert all(o.get_session_config_entry("session.disable_prepacking") == "1" for o in options_seen)

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 if TYPE_CHECKING:
+    from onnxpq.io import TensorStore
     from onnxpq.targets.profile import Target
 
 __all__ = ["Analysis", "AnalysisCache", "PassContext"]
@@ -72,6 +73,8 @@ class PassContext:
             the same input within this context (calibration ranges, while the
             accuracy gate re-runs the pipeline with nodes given back to float).
             A context serves one input model and one calibration set.
+        tensor_store: where passes put the large tensors they make (:meth:`stored`),
+            or None to keep them in memory; see :class:`onnxpq.io.TensorStore`.
     """
 
     def __init__(
@@ -79,9 +82,11 @@ class PassContext:
         *,
         target: Target | None = None,
         calibration: Mapping[str, np.ndarray] | None = None,
+        tensor_store: TensorStore | None = None,
     ) -> None:
         self.target = target
         self.calibration = dict(calibration) if calibration is not None else None
+        self.tensor_store = tensor_store
         self.analyses = AnalysisCache()
         self.details: dict[str, Any] = {}
         self.memo: dict[Any, Any] = {}
@@ -90,6 +95,10 @@ class PassContext:
     def note(self, key: str, value: Any) -> None:
         """Record a fact about the running pass (what it quantized, what it skipped); it goes into the report."""
         self.details[key] = value
+
+    def stored(self, tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+        """A new tensor as the model should hold it: moved to the tensor store when there is one (large ones only)."""
+        return self.tensor_store.put(tensor) if self.tensor_store is not None else tensor
 
     @staticmethod
     def active() -> PassContext | None:

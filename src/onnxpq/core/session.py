@@ -17,8 +17,10 @@ weights counted 4x: onnxruntime may dequantize them to float32), each segment
 a model of its own whose inputs are the values earlier segments (or the graph
 inputs) produce and whose outputs are the values later segments (or the graph
 outputs) use. Each segment's session is created, run on every sample, and
-dropped before the next: memory stays near one segment's weights plus the
-activations crossing a cut. The results are the same computation (onnxruntime
+dropped before the next, with neither weight prepacking nor onnxruntime's CPU
+memory arena (which keeps every block it grew to until the session goes), and
+freed heap memory is handed back after every run: memory stays near one
+segment's weights plus the activations crossing a cut. The results are the same computation (onnxruntime
 fuses nothing across a cut, so float rounding may differ in the last bits);
 latency measured this way is not the model's and is not reported as measured.
 A model whose external data file is read by every segment is memory-mapped
@@ -37,6 +39,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
+
+from onnxpq.core.memory import return_freed_memory
 
 __all__ = [
     "make_session",
@@ -268,6 +272,9 @@ class SegmentedSession:
         options.graph_optimization_level = self._options.graph_optimization_level
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path.parent.resolve()))
         options.add_session_config_entry("session.disable_prepacking", "1")  # no second, packed copy of the weights
+        # no CPU arena: it keeps what it grew to until the session goes, and it grows run after run with a
+        # segment's DequantizeLinear outputs (3 GiB int8 chain, 64 MiB segments: a segment's peak 820 MiB with it)
+        options.enable_cpu_mem_arena = False
         if optimized is not None:
             options.optimized_model_filepath = str(optimized)
             # the census reads nodes only: weights go to a side file instead of being loaded back with the graph
@@ -290,8 +297,12 @@ class SegmentedSession:
                 outputs = session.run(names, {k: v for k, v in feed.items() if k in wanted})
                 feed.update(zip(names, outputs, strict=True))
                 values[index] = {k: v for k, v in feed.items() if k in keep}
+                # a run's buffers (the float32 outputs of the segment's DequantizeLinear nodes) go back to the heap;
+                # handed back to the system now, or the heap fragments run after run (3 GiB int8 chain: a segment's
+                # peak 360 MiB without, 195 MiB with)
+                return_freed_memory()
             del session
-            _return_freed_memory()
+            return_freed_memory()  # the segment's weights and buffers, before the next segment
         return [[values[i][o.name] for o in self._outputs] for i in range(len(values))]
 
     def run(self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -323,28 +334,11 @@ class SegmentedSession:
                     types[out.name] = np.zeros(0, dtype=_numpy_type(out.type))
                 del session
                 merged.node.extend(onnx.load(str(optimized), load_external_data=False).graph.node)
-                _return_freed_memory()
+                return_freed_memory()
         model = onnx.ModelProto()
         model.CopyFrom(self._proto)
         model.graph.CopyFrom(merged)
         path.write_bytes(model.SerializeToString())
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``); a no-op elsewhere.
-
-    A segment's weights are freed when its session goes, but glibc keeps freed
-    chunks below its (self-raising) mmap threshold in the heap: without a trim,
-    RSS climbs segment after segment toward the whole model's size.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _numpy_type(text: str) -> np.dtype:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -661,3 +662,37 @@ def test_chunked_sqnr_equals_the_whole_tensor_sqnr() -> None:
     w = np.random.default_rng(4).standard_normal((2100, 2048)).astype(np.float32)
     q = affine.quantize_weight(w, 4, axis=0)
     assert affine.quantized_sqnr_db(w, q) == pytest.approx(affine.sqnr_db(w, q.dequantized()), abs=1e-9)
+
+
+# --------------------------------------------------------------------------- memory: the tensor store
+
+
+def _saved_bytes(model: ir.Model, folder: Path) -> dict[str, bytes]:
+    from onnxpq.io import save_model
+
+    folder.mkdir()
+    save_model(model, folder / "q.onnx", external_data=True)
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_weights_put_in_the_tensor_store_save_to_the_same_bytes(tmp_path: Path, method: str) -> None:
+    from onnxpq.io import TensorStore
+
+    calibration = {"x": _correlated(64, 64, 1)}
+    plain = _two_layer_matmul()
+    with PassContext(calibration=calibration):
+        QuantizeWeightsPass(method=method, bits=4, granularity="per-group", block_size=16)(plain)
+    stored = _two_layer_matmul()
+    with TensorStore(tmp_path, min_bytes=2048) as store, PassContext(calibration=calibration, tensor_store=store):
+        QuantizeWeightsPass(method=method, bits=4, granularity="per-group", block_size=16)(stored)
+        moved = [v.name for v in stored.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+        assert moved == ["W1_quantized", "W2_quantized"] and store.bytes_stored == 2 * 64 * 64 // 2
+        assert _saved_bytes(stored, tmp_path / "stored") == _saved_bytes(plain, tmp_path / "plain")
+
+
+def _two_layer_matmul() -> ir.Model:
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"), helper.make_node("MatMul", ["h", "W2"], ["y"], name="mm2")]
+    inits = [numpy_helper.from_array(_weight((64, 64), 1), "W1"), numpy_helper.from_array(_weight((64, 64), 2), "W2")]
+    return _model(nodes, [_float("x", ["N", 64])], [_float("y", ["N", 64])], inits)
+

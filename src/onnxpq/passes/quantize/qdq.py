@@ -23,6 +23,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxpq.core.context import PassContext
 from onnxpq.passes.quantize.affine import QuantizedTensor
 
 __all__ = [
@@ -129,9 +130,13 @@ class NameAllocator:
 
 
 def add_initializer(graph: ir.Graph, names: NameAllocator, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
-    """Register a new initializer holding ``array`` (converted to ``dtype`` when given, e.g. INT4)."""
+    """Register a new initializer holding ``array`` (converted to ``dtype`` when given, e.g. INT4).
+
+    A large one goes to the context's tensor store when there is one (:meth:`PassContext.stored`), not into memory.
+    """
     name = names(base)
     tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.tensor(array, name=name)
+    tensor = PassContext.current().stored(tensor)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value

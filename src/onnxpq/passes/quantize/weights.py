@@ -79,6 +79,13 @@ MatMul with a constant weight is fused into ``MatMulNBits`` with
 ``session.qdq_matmulnbits_accuracy_level = 0`` (or level BASIC) keeps the
 weight-only numerics this pass defines.
 
+Memory: round-to-nearest quantizes a weight and puts its DequantizeLinear in
+place before it reads the next, so the pass holds one weight's working copies
+at a time; the quantized weights go to ``PassContext.tensor_store`` when the
+context has one (``optimize`` gives one to models with external data) and
+are then not held in memory at all. GPTQ holds every quantized weight until
+the last is done (see above).
+
 Left untouched with a DEBUG log: nodes in subgraphs and functions, excluded
 nodes, weights that are not initializers of the main graph, weights smaller
 than ``min_params``, weights also read by other ops (a shared weight read
@@ -740,16 +747,14 @@ class QuantizeWeightsPass(OnnxpqPass):
             return ir.passes.PassResult(model, False)
         granularity, int4 = self._storage(opset, jobs, ctx)
 
-        # Every weight is quantized before the graph changes: GPTQ's layer inputs come from the float model.
-        results = self._quantize_all(model, jobs, granularity, ctx)
         names = NameAllocator(graph)
         for node in graph:
             if not node.name:
                 names(display[node])  # reserve the names unnamed nodes get below
         layers: dict[str, dict[str, object]] = {}
-        for job in jobs:
-            quantized, layer = results[job.weight]
+        for job, (quantized, layer) in self._quantized(model, jobs, granularity, ctx):
             self._replace(graph, names, job, quantized, int4)
+            del quantized  # the graph holds it now (in the tensor store when the context has one)
             layer["storage"] = f"{'' if self.symmetric else 'u'}int{4 if job.bits == 4 and int4 else 8}"
             if len(job.nodes) > 1:
                 layer["shared_with"] = [display[n] for n in job.nodes]
@@ -771,32 +776,40 @@ class QuantizeWeightsPass(OnnxpqPass):
         )
         return ir.passes.PassResult(model, True)
 
-    def _quantize_all(
+    def _quantized(
         self, model: ir.Model, jobs: list[_Job], granularity: Granularity, ctx: PassContext
-    ) -> dict[ir.Value, tuple[QuantizedTensor, dict[str, object]]]:
-        """The quantized tensor and the report entry of every job's weight (RTN, or GPTQ where it applies)."""
-        results: dict[ir.Value, tuple[QuantizedTensor, dict[str, object]]] = {}
+    ) -> Iterator[tuple[_Job, tuple[QuantizedTensor, dict[str, object]]]]:
+        """Every job with its quantized tensor and report entry (RTN, or GPTQ where it applies), in job order.
+
+        GPTQ's layer inputs come from the float model, so with GPTQ every weight
+        is quantized before the first is handed out (and the graph changes).
+        Round-to-nearest reads nothing but the weight: each is quantized when the
+        caller asks for it, so one quantized weight at a time is in memory.
+        """
         gptq = self.method == "gptq"
         if gptq and not ctx.calibration:
             logger.warning("quantize-weights: GPTQ needs calibration data (--calibration); using round-to-nearest")
             ctx.note("method", "rtn (gptq asked, no calibration data)")
             gptq = False
-        if gptq:
-            ctx.note("method", "gptq")
+        if not gptq:
             for job in jobs:
-                job.input_keys = self._input_keys(job)
-            for ready, hessians in self._hessian_groups(model, jobs, ctx.calibration):  # type: ignore[arg-type]
-                for job in ready:
-                    summed = [sum(parts) for parts in zip(*(hessians[key] for key in job.input_keys))]  # type: ignore[index]
-                    results[job.weight] = self._quantize_one(job, granularity, summed)
+                yield job, self._quantize_one(job, granularity, None)
+            return
+        results: dict[ir.Value, tuple[QuantizedTensor, dict[str, object]]] = {}
+        ctx.note("method", "gptq")
+        for job in jobs:
+            job.input_keys = self._input_keys(job)
+        for ready, hessians in self._hessian_groups(model, jobs, ctx.calibration):  # type: ignore[arg-type]
+            for job in ready:
+                summed = [sum(parts) for parts in zip(*(hessians[key] for key in job.input_keys))]  # type: ignore[index]
+                results[job.weight] = self._quantize_one(job, granularity, summed)
         for job in jobs:
             if job.weight not in results:
-                skip = None
-                if gptq:
-                    skip = "ConvTranspose" if job.nodes[0].op_type == "ConvTranspose" else "layer input is not an activation"
-                    logger.debug("quantize-weights: '%s': GPTQ does not apply (%s); round-to-nearest", job.weight.name, skip)
+                skip = "ConvTranspose" if job.nodes[0].op_type == "ConvTranspose" else "layer input is not an activation"
+                logger.debug("quantize-weights: '%s': GPTQ does not apply (%s); round-to-nearest", job.weight.name, skip)
                 results[job.weight] = self._quantize_one(job, granularity, None, skip)
-        return results
+        for job in jobs:
+            yield job, results.pop(job.weight)
 
     def _quantize_one(
         self, job: _Job, granularity: Granularity, hessians: list[np.ndarray] | None, gptq_skipped: str | None = None
