@@ -424,3 +424,38 @@ def test_staged_model_without_a_data_file_maps_nothing(tiny_model_path: Path, ou
         assert staged.data_name is None and staged.map_tensors(model) == 0
     assert not isinstance(model.graph.initializers["W"].const_value, ir.ExternalTensor)
 
+
+# --------------------------------------------------------------------------- ai.onnx.ml-only models
+
+
+def _ml_only_model() -> onnx.ModelProto:
+    """``y = Binarizer(x)`` in ai.onnx.ml, the only domain the model imports (as scikit-learn converters write)."""
+    graph = helper.make_graph(
+        [helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5, name="binarize")],
+        "ml_only",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_model_importing_only_ai_onnx_ml_loads_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "ml.onnx"
+    onnx.save(_ml_only_model(), path)
+    model = io.load_model(path)
+    assert dict(model.opset_imports) == {"ai.onnx.ml": 1}
+    io.save_model(model, tmp_path / "o.onnx")
+    x = np.array([[0.2, 0.5, 0.9]], np.float32)
+    np.testing.assert_array_equal(_run(tmp_path / "o.onnx", x), _run(path, x))
+
+
+def test_a_default_domain_node_in_an_ai_onnx_ml_only_model_is_refused(tmp_path: Path) -> None:
+    proto = _ml_only_model()
+    proto.graph.node.append(helper.make_node("Relu", ["y"], ["z"], name="relu"))
+    proto.graph.output[0].name = "z"
+    path = tmp_path / "ml.onnx"
+    onnx.save(proto, path)
+    with pytest.raises(ModelLoadError, match="uses domain '', which the model does not import"):
+        io.load_model(path)

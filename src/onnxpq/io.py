@@ -348,6 +348,11 @@ def _parse(path: Path) -> onnx.ModelProto:
     return proto
 
 
+#: The ONNX-ML operator domain. A model importing it alone (traditional ML: trees, scalers) loads; passes find none
+#: of their default-domain ops in it and leave it as it is.
+_ML_DOMAIN = "ai.onnx.ml"
+
+
 def _check_header(proto: onnx.ModelProto, path: Path) -> None:
     if proto.ir_version <= 0:
         raise ModelLoadError(f"{path}: ir_version is {proto.ir_version}; not an ONNX model or a truncated one")
@@ -359,17 +364,20 @@ def _check_header(proto: onnx.ModelProto, path: Path) -> None:
     if not proto.HasField("graph") or not proto.graph.output:
         raise ModelLoadError(f"{path}: the model has no graph or no graph outputs")
     opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
-    if "" not in opsets and "ai.onnx" not in opsets:
+    if "" not in opsets and "ai.onnx" not in opsets and _ML_DOMAIN not in opsets:
         raise ModelLoadError(f"{path}: the model imports no default-domain opset")
-    default = opsets.get("", opsets.get("ai.onnx", 0))
-    if default < 1:
-        raise ModelLoadError(f"{path}: default-domain opset version {default} is invalid")
-    supported = max_supported_opset()
-    if default > supported:
-        raise ModelLoadError(
-            f"{path}: opset {default} is newer than onnx/onnxruntime here support ({supported}); "
-            "convert the model to an older opset"
-        )
+    if "" in opsets or "ai.onnx" in opsets:  # else an ai.onnx.ml-only model (scikit-learn converters): no default op
+        default = opsets.get("", opsets.get("ai.onnx", 0))
+        if default < 1:
+            raise ModelLoadError(f"{path}: default-domain opset version {default} is invalid")
+        supported = max_supported_opset()
+        if default > supported:
+            raise ModelLoadError(
+                f"{path}: opset {default} is newer than onnx/onnxruntime here support ({supported}); "
+                "convert the model to an older opset"
+            )
+    elif opsets[_ML_DOMAIN] < 1:
+        raise ModelLoadError(f"{path}: {_ML_DOMAIN} opset version {opsets[_ML_DOMAIN]} is invalid")
     known = set(opsets) | {"ai.onnx"}
     local_functions = {(f.domain, f.name) for f in proto.functions}
 

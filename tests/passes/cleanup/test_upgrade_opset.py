@@ -62,6 +62,16 @@ def test_already_new_enough_is_not_modified() -> None:
     assert UpgradeOpsetPass(13)(model).modified is False
 
 
+def test_a_model_importing_only_ai_onnx_ml_is_left_unchanged() -> None:
+    proto = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["ai.onnx.ml": 1]>\n'
+        "g (float[N, 3] x) => (float[N, 3] y) { y = ai.onnx.ml.Binarizer<threshold=0.5>(x) }"
+    )
+    model = ir.from_proto(proto)
+    assert UpgradeOpsetPass(21)(model).modified is False
+    assert dict(model.opset_imports) == {"ai.onnx.ml": 1}
+
+
 def test_through_the_manager_the_numerical_check_passes() -> None:
     manager = PassManager([UpgradeOpsetPass(21)], progress=False)
     manager(ir.from_proto(_model()))

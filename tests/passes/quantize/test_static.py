@@ -976,3 +976,15 @@ def test_pass_manager_records_the_pass_as_modified_and_lossy() -> None:
     assert record.name == "quantize-static"
     assert record.modified and not record.exact
     assert record.bytes_after < record.bytes_before
+
+
+def test_a_model_importing_only_ai_onnx_ml_is_left_unchanged_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    proto = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["ai.onnx.ml": 1]>\n'
+        "g (float[N, 3] x) => (float[N, 3] y) { y = ai.onnx.ml.Binarizer<threshold=0.5>(x) }"
+    )
+    model = ir.from_proto(proto)
+    with caplog.at_level(logging.INFO), PassContext(calibration={"x": np.ones((4, 3), np.float32)}) as ctx:
+        assert QuantizeStaticPass()(model).modified is False
+    assert ctx.details["skipped"] == "no default-domain opset"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("onnxpq")]

@@ -696,3 +696,14 @@ def _two_layer_matmul() -> ir.Model:
     inits = [numpy_helper.from_array(_weight((64, 64), 1), "W1"), numpy_helper.from_array(_weight((64, 64), 2), "W2")]
     return _model(nodes, [_float("x", ["N", 64])], [_float("y", ["N", 64])], inits)
 
+
+def test_a_model_importing_only_ai_onnx_ml_is_left_unchanged_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    proto = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["ai.onnx.ml": 1]>\n'
+        "g (float[N, 3] x) => (float[N, 3] y) { y = ai.onnx.ml.Binarizer<threshold=0.5>(x) }"
+    )
+    model = ir.from_proto(proto)
+    with caplog.at_level(logging.INFO), PassContext(calibration={"x": np.ones((4, 3), np.float32)}) as ctx:
+        assert QuantizeWeightsPass()(model).modified is False
+    assert ctx.details["skipped"] == "no default-domain opset"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("onnxpq")]

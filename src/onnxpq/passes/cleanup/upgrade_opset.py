@@ -53,6 +53,9 @@ class UpgradeOpsetPass(OnnxpqPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         current = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        if current == 0:  # an ai.onnx.ml-only model: nothing in the default domain to convert
+            logger.info("upgrade-opset: the model imports no default-domain opset; left unchanged")
+            return ir.passes.PassResult(model, False)
         if current >= self.version:
             logger.debug("upgrade-opset: opset %d already >= %d", current, self.version)
             return ir.passes.PassResult(model, False)

@@ -359,6 +359,10 @@ class QuantizeActivationsPass(OnnxpqPass):
         ctx = PassContext.current()
         graph = model.graph
         opset = default_opset(model)
+        if opset == 0:  # an ai.onnx.ml-only model: none of the ops this pass quantizes
+            logger.info("quantize-activations: the model imports no default-domain opset; left unchanged")
+            ctx.note("skipped", "no default-domain opset")
+            return ir.passes.PassResult(model, False)
         if opset < 10:
             logger.warning("quantize-activations: opset %d has no QuantizeLinear; left unchanged", opset)
             ctx.note("skipped", f"opset {opset} < 10")

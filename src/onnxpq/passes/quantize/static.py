@@ -347,6 +347,10 @@ class QuantizeStaticPass(OnnxpqPass):
             ctx.note("skipped", f"already quantized ({existing} present)")
             return ir.passes.PassResult(model, False)
         opset = default_opset(model)
+        if opset == 0:  # an ai.onnx.ml-only model: none of the ops this pass quantizes
+            logger.info("quantize-static: the model imports no default-domain opset; left unchanged")
+            ctx.note("skipped", "no default-domain opset")
+            return ir.passes.PassResult(model, False)
         if opset < 10:
             logger.warning("quantize-static: opset %d has no QuantizeLinear; left unchanged", opset)
             ctx.note("skipped", f"opset {opset} < 10")
