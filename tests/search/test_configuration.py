@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
+from onnx import numpy_helper
 
+from onnxpq.analysis.cost_models import layer_facts
+from onnxpq.core.context import PassContext
+from onnxpq.core.manager import PassManager
 from onnxpq.core.pipeline_text import parse_pipeline
 from onnxpq.errors import PipelineError
 from onnxpq.search.configuration import LayerSetting, TargetPasses
-from onnxpq.search.sensitivity import Sensitivity, SensitivityEntry
+from onnxpq.search.sensitivity import LayerSpace, Sensitivity, SensitivityEntry
 from onnxpq.targets.profile import load_target
 
 LAYERS = ["conv1", "conv2", "fc"]
@@ -94,3 +101,42 @@ def test_sensitivity_offers_every_weight_width_with_every_activation_width_at_th
     assert offered["w2"].measured
     assert [e.setting.quant for e in sensitivity.of("fc", "activation")] == ["a4", "a8"]
     assert len(sensitivity.to_dict()["fc"]) == 5  # only what was measured
+
+
+def _concat_model() -> ir.Model:
+    """Two convs concatenated on the channel axis (sections of 8 and 4 channels), then a consumer conv."""
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    concat (float[1, 3, 5, 5] x) => (float[1, 2, 5, 5] y) {
+        p = Conv (x, Wp)
+        q = Conv (x, Wq)
+        cat = Concat <axis = 1> (p, q)
+        y = Conv (cat, Wc)
+    }""")
+    rng = np.random.default_rng(0)
+    for node in proto.graph.node:
+        node.name = node.output[0]
+    for name, shape in {"Wp": (8, 3, 1, 1), "Wq": (4, 3, 1, 1), "Wc": (2, 12, 1, 1)}.items():
+        proto.graph.initializer.append(numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+    return ir.from_proto(proto)
+
+
+def _kept_channels(model: ir.Model, pipeline: str) -> dict[str, int]:
+    with PassContext():
+        result = PassManager(parse_pipeline(pipeline), progress=False)(model)
+    return {n.name: n.inputs[1].const_value.shape[0] for n in result.model.graph if n.op_type == "Conv"}
+
+
+def test_an_owner_prune_ratio_prunes_every_section_of_its_concat_group_like_a_uniform_ratio() -> None:
+    model = _concat_model()
+    space = LayerSpace.build(model, layer_facts(model))
+    assert space.owner_producers == {"p": ("p", "q")}  # one group: both convs feed its channels
+    config = {"p": LayerSetting(prune_ratio=0.5)}
+
+    text = TargetPasses(load_target("cpu"), space.layers, group_producers=space.owner_producers).lossy_text(config)
+    assert text.startswith("prune-channels{ratio=0.0,per_node=[p:0.5,q:0.5]")
+    uniform = _kept_channels(model, "prune-channels{ratio=0.5,reconstruct=off}")
+    planned = _kept_channels(model, text.replace("ratio=0.0,", "ratio=0.0,reconstruct=off,"))
+    assert planned == uniform == {"p": 4, "q": 2, "y": 2}
+
+    owner_only = TargetPasses(load_target("cpu"), space.layers).lossy_text(config)  # without the group: one section
+    assert _kept_channels(model, owner_only.replace("ratio=0.0,", "ratio=0.0,reconstruct=off,"))["q"] == 4

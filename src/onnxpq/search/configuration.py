@@ -14,7 +14,8 @@ A :class:`Configuration` (one :class:`LayerSetting` per planned layer) becomes,
 in this order — prune first, then quantize ("Prune or quantize?": a slim
 model quantized beats a fat one; pruning a quantized grid would re-quantize):
 
-    prune-channels{ratio=0.0,per_node=[owner:r,...]}       groups, by their owner layer
+    prune-channels{ratio=0.0,per_node=[producer:r,...]}    groups: r on every layer producing
+                                                           the owner's group (each Concat section)
     prune-magnitude{sparsity=0.0,per_node=[layer:s,...]}   unstructured, where the target skips zeros
     prune-nm{exclude_nodes=[layers without N:M]}            where the target runs N:M
     <int8 quantizers>{exclude_nodes=[+ layers not int8]}
@@ -138,6 +139,10 @@ class TargetPasses:
         layers: the planned layers (node names), in graph order.
         weight_method: override ``quantize-weights``' ``method`` (e.g. ``rtn`` for cheap sensitivity).
         weight_bits: a subset of the target's weight widths to offer (None: all of them).
+        group_producers: owner layer → every layer producing its channel group (see
+            :attr:`~onnxpq.search.sensitivity.LayerSpace.owner_producers`): an owner's ``prune_ratio``
+            is given to each of them, so a Concat group loses that fraction of every section, as
+            ``prune-channels{ratio=r}`` would (the owner alone: one section only).
 
     Activation widths (``target.quantize.activation_bits`` in 2..8) are offered
     when the target's pipeline has ``quantize-activations``.
@@ -145,11 +150,12 @@ class TargetPasses:
 
     def __init__(
         self, target: Target, layers: Sequence[str], *, weight_method: str | None = None,
-        weight_bits: Sequence[int] | None = None,
+        weight_bits: Sequence[int] | None = None, group_producers: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         passes = parse_pipeline(target.pipeline)
         self.target = target
         self.layers = list(layers)
+        self.group_producers = {owner: tuple(p) for owner, p in (group_producers or {}).items()}
         allowed = set(target.quantize.weight_bits)
         if weight_bits is not None and not set(weight_bits) <= allowed:
             raise PipelineError(f"weight bits {sorted(set(weight_bits) - allowed)} are not in target {target.name}'s {sorted(allowed)}")
@@ -211,7 +217,11 @@ class TargetPasses:
             raise PipelineError(f"configuration names layers that are not planned: {', '.join(unknown[:5])}")
         get = lambda name: settings.get(name, FLOAT_SETTING)  # noqa: E731
         out: list[OnnxpqPass] = []
-        prune = [f"{n}:{get(n).prune_ratio!r}" for n in self.layers if get(n).prune_ratio > 0]
+        prune = [
+            f"{p}:{get(n).prune_ratio!r}"
+            for n in self.layers if get(n).prune_ratio > 0
+            for p in self.group_producers.get(n, (n,))
+        ]
         if prune:
             out += parse_pipeline(f"prune-channels{{ratio=0.0,per_node=[{','.join(prune)}]}}")
         sparse = [f"{n}:{get(n).sparsity!r}" for n in self.layers if get(n).n_m is None and get(n).sparsity > 0]

@@ -369,7 +369,8 @@ def explore(
     space = LayerSpace.build(ex.clean, facts)
     if not space.layers:
         raise OnnxpqError(f"{model_path}: no Conv/Gemm/MatMul layer with a constant weight to plan for")
-    passes = TargetPasses(chosen_target, space.layers, weight_method=weight_method, weight_bits=weight_bits)
+    passes = TargetPasses(chosen_target, space.layers, weight_method=weight_method, weight_bits=weight_bits,
+                          group_producers=space.owner_producers)
     primary = "latency_ms" if chosen_target.cost.model == "measured" else chosen_target.cost.model
     cost_of, planner_cost = _planner_costs(ex, space, chosen_target.cost.model, latency_batch)
 

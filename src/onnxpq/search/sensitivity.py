@@ -84,18 +84,22 @@ class LayerSpace:
         facts: their :class:`LayerFacts`.
         owner_group: owner layer → the group's members that are layers (producers and consumers).
         layer_groups: layer → the owners of every group it belongs to (its own output group, its input group).
+        owner_producers: owner layer → every layer producing the group's channels (the owner first); a
+            Concat group has one producer per section, and pruning the owner's group prunes all of them.
     """
 
     layers: list[str]
     facts: dict[str, LayerFacts]
     owner_group: dict[str, tuple[str, ...]] = field(default_factory=dict)
     layer_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    owner_producers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model: ir.Model, facts: dict[str, LayerFacts]) -> LayerSpace:
         layers = [name for name, f in facts.items() if f.op_type in PLANNED_OPS]
         planned = set(layers)
         owner_group: dict[str, tuple[str, ...]] = {}
+        owner_producers: dict[str, tuple[str, ...]] = {}
         layer_groups: dict[str, list[str]] = {name: [] for name in layers}
         try:
             groups = ChannelGroups.compute(model).prunable
@@ -110,10 +114,11 @@ class LayerSpace:
                 continue
             members = tuple(dict.fromkeys(n for n in (*group.producers, *group.consumers) if n in planned))
             owner_group[owner] = members
+            owner_producers[owner] = tuple(dict.fromkeys((owner, *(p for p in group.producers if p in planned))))
             for member in members:
                 layer_groups[member].append(owner)
         return cls(layers, {n: facts[n] for n in layers}, owner_group,
-                   {k: tuple(dict.fromkeys(v)) for k, v in layer_groups.items()})
+                   {k: tuple(dict.fromkeys(v)) for k, v in layer_groups.items()}, owner_producers)
 
 
 @dataclass(frozen=True)
