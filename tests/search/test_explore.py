@@ -74,6 +74,19 @@ def test_identical_pipelines_share_one_latency(run: tuple) -> None:
     assert low <= twin["costs"]["latency_ms"] <= high
 
 
+def test_different_pipelines_making_the_same_model_share_one_latency(run: tuple) -> None:
+    out, doc = run[2], run[3]
+    points = {p["id"]: p for p in doc["points"]}
+    uniform = points["b-uniform-prune50"]
+    anchor = next(p for p in points.values() if p["kind"] == "planned"
+                  and p["layers"] == {"conv1": "prune50%", "conv2": "prune50%", "fc": "float"})
+    assert anchor["pipeline"] != uniform["pipeline"]  # per-node ratios on every owner vs one ratio
+    built = {p.read_bytes() for p in (out / "cache" / "built").glob("*.onnx")}
+    assert len(built) < len(list((out / "cache" / "built").glob("*.onnx")))  # some builds are byte-identical
+    assert anchor["id"] in uniform["latency_shared_with"]
+    assert anchor["costs"]["latency_ms"] == uniform["costs"]["latency_ms"]
+
+
 def test_baseline_verdicts_state_the_tolerance_beside_the_strict_one(run: tuple) -> None:
     doc = run[3]
     tolerance = doc["latency_noise"]["relative_tolerance"]

@@ -26,8 +26,8 @@ run by an executor — this process, a local pool or Ray — and cached in
    task accuracy with labels, else top-1 agreement with float, else SQNR;
    MACs, BOPs and weight bits from the produced model; latency measured on this
    CPU (1 thread, every distinct model interleaved round-robin, medians of the
-   times relative to their round, with their 95 % interval; points with the
-   same pipeline share one timing) when
+   times relative to their round, with their 95 % interval; points whose
+   models are byte-identical share one timing) when
    the target's cost model is ``measured`` and its provider is here, else
    estimated as BOPs / ``bops_per_second`` and marked so; a planned or
    baseline evaluation keeps its model (``cache/built/``), so nothing is
@@ -573,8 +573,9 @@ def _latencies(ex: _Explorer, passes: TargetPasses, points: dict[str, dict[str, 
                batch: int) -> dict[str, Any]:
     """Every planned and baseline point's ``latency_ms``; what the measurement's noise allows (``latency_noise``).
 
-    Measured: the distinct models (points with the same pipeline text, or the same
-    model file, are one model, timed once and sharing the figure) are timed
+    Measured: the distinct models (points whose model files have the same bytes —
+    the same pipeline text, the same file, or different pipelines making the same
+    model — are one model, timed once and sharing the figure) are timed
     interleaved, ``runs`` rounds. A round's times share the machine's drift, so
     each time ``t_{m,i}`` is divided by its round's geometric mean ``g_i`` over
     the models; a model's latency is ``median_i(t_{m,i} / g_i) · median_i(g_i)``
@@ -597,10 +598,17 @@ def _latencies(ex: _Explorer, passes: TargetPasses, points: dict[str, dict[str, 
             p["latency_estimated"] = None
             continue
         groups.setdefault(f"file:{p['model']}" if p.get("model") else f"pipeline:{p['pipeline']}", []).append(key)
-    models = {}
-    for identity, keys in groups.items():
+    models: dict[str, ir.Model] = {}
+    merged: dict[str, list[str]] = {}
+    for keys in groups.values():
         p = points[keys[0]]
-        models[identity] = load_model(p["model"], check=False) if p.get("model") else _built(ex, p["pipeline"], passes)
+        model = load_model(p["model"], check=False) if p.get("model") else _built(ex, p["pipeline"], passes)
+        # different pipelines can make the same model (a per-node list naming every group at one ratio
+        # is that uniform ratio): one model, one timing, so that noise cannot tell it from itself
+        identity = _model_identity(ex, p, passes)
+        models.setdefault(identity, model)
+        merged.setdefault(identity, []).extend(keys)
+    groups = merged
     feed = _latency_feed(ex.eval_data, ex.clean, batch)
     logger.info("timing %d distinct models (%d points), %d interleaved runs each (1 thread)",
                 len(models), sum(len(k) for k in groups.values()), runs)
@@ -629,6 +637,27 @@ def _latencies(ex: _Explorer, passes: TargetPasses, points: dict[str, dict[str, 
         "relative_tolerance": float(np.median(widths)) if widths else 0.0,
         "relative_half_width_p90": float(np.percentile(widths, 90)) if widths else 0.0,
     }
+
+
+def _model_identity(ex: _Explorer, point: dict[str, Any], passes: TargetPasses) -> str:
+    """The sha256 of a point's model file (its kept build, or its own file); ``clean`` for the cleaned model.
+
+    Saving is deterministic, so equal bytes are an equal model. A model saved with
+    external data names its data file after its own path, so two copies of a large
+    model stay two identities (timed twice): conservative, never a false merge.
+    """
+    if point.get("model"):
+        path = Path(point["model"])
+    else:
+        lossy = _lossy_of(point["pipeline"], passes)
+        if not lossy:
+            return "clean"
+        path = ex.built_path(lossy)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _lossy_of(full_pipeline: str, passes: TargetPasses) -> str:
