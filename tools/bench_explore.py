@@ -151,8 +151,16 @@ def _why(doc: dict[str, Any], point: dict[str, Any]) -> list[str]:
     """Per layer of the chosen configuration: its setting and the sensitivity behind it."""
     lines = []
     sens = doc["sensitivity"]
+    pruned_with = {  # a producer of a pruned group it does not own: its channels go at the owner's ratio
+        producer: (layer["name"], point["layers"][layer["name"]].split("+")[-1])
+        for layer in doc["layers"] if "prune" in point["layers"].get(layer["name"], "")
+        for producer in layer.get("channel_producers", ()) if producer != layer["name"]
+    }
     for layer in doc["layers"]:
         setting = point["layers"].get(layer["name"], "float")
+        if layer["name"] in pruned_with:
+            owner, ratio = pruned_with[layer["name"]]
+            setting += f" (channels: {ratio} with {owner}'s group)"
         entries = {e["candidate"]: e for e in sens.get(layer["name"], [])}
         noise = ", ".join(f"{k} {e['sqnr_db']:.1f} dB" if e["sqnr_db"] is not None else f"{k} exact"
                           for k, e in entries.items())

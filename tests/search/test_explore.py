@@ -38,6 +38,8 @@ def test_frontier_json_schema(run: tuple) -> None:
     assert saved["schema"] == SCHEMA
     planned = [p for p in saved["points"] if p["kind"] == "planned"]
     assert planned and {"b-float", "b-target-default", "b-uniform-w4", "b-uniform-prune50"} <= {p["id"] for p in saved["points"]}
+    assert {layer["name"]: layer["channel_producers"] for layer in saved["layers"]} == {
+        "conv1": ["conv1"], "conv2": ["conv2"], "fc": []}  # owners produce their groups; fc owns none
     for p in planned:
         assert set(p["layers"]) == {"conv1", "conv2", "fc"}
         assert p["pipeline"].startswith("constants-to-initializers")
