@@ -208,6 +208,7 @@ class Variant:
     macs_own_unresolved: list[str] = field(default_factory=list)
     calib_fidelity: Any = None  # against fp32 on the calibration samples (what reconstruction was fitted on)
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch -> median
+    same_model_as: list[str] = field(default_factory=list)  # variants whose model has the same bytes (one timing)
     checks: list[str] = field(default_factory=list)
 
     @property
@@ -428,7 +429,16 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
     """Interleaved medians per batch, 1 thread, one session per variant; returns a line on the machine's load."""
     from onnxpq.core.session import make_session
 
-    timed = [v for v in variants if v.ok]
+    # byte-identical models (e.g. reconstruct=on whose refits the end-to-end check dropped, and reconstruct=off)
+    # are one model: timed once, so that the noise between two sessions cannot tell a model from itself
+    distinct: dict[str, list[Variant]] = {}
+    for variant in variants:
+        if variant.ok:
+            distinct.setdefault(_file_digest(variant.path), []).append(variant)
+    for group in distinct.values():
+        for variant in group:
+            variant.same_model_as = [v.label for v in group if v is not variant]
+    timed = [group[0] for group in distinct.values()]
     sessions = [make_session(v.path, threads=THREADS) for v in timed]
     load_before, others_before = os.getloadavg()[0], other_benchmarks()
     for batch in batches:
@@ -444,12 +454,22 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
                 start = time.perf_counter()
                 session.run(None, feed)
                 bucket.append((time.perf_counter() - start) * 1e3)
-        for variant, bucket in zip(timed, times, strict=True):
-            variant.latency_ms[batch] = statistics.median(bucket)
+        for group, bucket in zip(distinct.values(), times, strict=True):
+            for variant in group:
+                variant.latency_ms[batch] = statistics.median(bucket)
     del sessions
     others = sorted(set(others_before) | set(other_benchmarks()))
     load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the latency rounds"
     return load + (f"; OTHER BENCHMARKS RAN MEANWHILE: {', '.join(others)}" if others else "; no other benchmark ran")
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a produced model file (saving is deterministic: equal bytes, equal model)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _profile_session(path: Path, optimized: Path | None = None) -> Any:
@@ -840,6 +860,15 @@ def profile_lines(run: ModelRun) -> list[str]:
     return [*lines, ""]
 
 
+def _same_model_lines(run: ModelRun) -> list[str]:
+    """One line naming the variants whose models are byte-identical (timed once, one figure)."""
+    groups = {tuple(sorted([v.label, *v.same_model_as])) for v in run.variants if v.ok and v.same_model_as}
+    if not groups:
+        return []
+    listed = "; ".join(" = ".join(g) for g in sorted(groups))
+    return [f"- Byte-identical models, timed once and sharing their latency: {listed}"]
+
+
 def render_model(run: ModelRun, args: argparse.Namespace) -> str:
     name = run.files.name
     quality_heads = _quality_heads(run)
@@ -858,6 +887,7 @@ def render_model(run: ModelRun, args: argparse.Namespace) -> str:
         f"- Latency: {THREADS} thread, batch {', '.join(map(str, run.batches))}; {WARMUP} warm-up runs per session, "
         f"then {args.runs} interleaved rounds (every variant once per round); medians, ratios of medians vs fp32; "
         f"{run.load}",
+        *_same_model_lines(run),
         "",
     ]
     header = ["variant", "MACs ratio (report)", "MACs check (own count)"]
