@@ -428,13 +428,14 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
                     runs: int) -> str:  # fmt: skip
     """Interleaved medians per batch, 1 thread, one session per variant; returns a line on the machine's load."""
     from onnxpq.core.session import make_session
+    from onnxpq.search.evaluation import file_digest
 
     # byte-identical models (e.g. reconstruct=on whose refits the end-to-end check dropped, and reconstruct=off)
     # are one model: timed once, so that the noise between two sessions cannot tell a model from itself
     distinct: dict[str, list[Variant]] = {}
     for variant in variants:
         if variant.ok:
-            distinct.setdefault(_file_digest(variant.path), []).append(variant)
+            distinct.setdefault(file_digest(variant.path), []).append(variant)  # saving is deterministic
     for group in distinct.values():
         for variant in group:
             variant.same_model_as = [v.label for v in group if v is not variant]
@@ -461,15 +462,6 @@ def measure_latency(files: ModelFiles, variants: list[Variant], test_inputs: dic
     others = sorted(set(others_before) | set(other_benchmarks()))
     load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the latency rounds"
     return load + (f"; OTHER BENCHMARKS RAN MEANWHILE: {', '.join(others)}" if others else "; no other benchmark ran")
-
-
-def _file_digest(path: Path) -> str:
-    """sha256 of a produced model file (saving is deterministic: equal bytes, equal model)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _profile_session(path: Path, optimized: Path | None = None) -> Any:

@@ -654,11 +654,7 @@ def _model_identity(ex: _Explorer, point: dict[str, Any], passes: TargetPasses) 
         if not lossy:
             return "clean"
         path = ex.built_path(lossy)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path)
 
 
 def _lossy_of(full_pipeline: str, passes: TargetPasses) -> str:
