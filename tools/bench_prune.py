@@ -993,7 +993,7 @@ NCHWc block of the cpu target's multiple — the smallest the kernels block by) 
 call, so its time falls less than its MACs (per-op table). Both matter less as models grow:
 MiniLM is within the target at batch 1, MobileNetV2 at batch 8 and at 25 %; MobileNetV2 at 50 %
 and batch 1 is just above it (the MAC ops alone 1.16: the expansion convs that now read 16
-channels, features.3–7, run at 1.13–1.26 per op). The profile's "overhead" column is the run's
+channels, features.3–7, run at 1.15–1.26 per op at batch 8). The profile's "overhead" column is the run's
 median minus the sum of per-node medians: on a loaded machine it also holds preemptions, so read
 it with the load line; the per-node medians are robust to them. Variants whose models are
 byte-identical (named under each model's settings) are timed once: two sessions of one model
