@@ -59,7 +59,7 @@ from onnxpq.report.schema import environment, report_json
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
 from onnxpq.validation.fidelity import compare_outputs
-from onnxpq.validation.figures import top1_accuracy
+from onnxpq.validation.figures import check_measurement_options, top1_accuracy
 from onnxpq.validation.session_tuning import SessionSetting, SessionTuning, make_recipe, session_from_recipe, tune_session
 
 __all__ = [
@@ -302,6 +302,7 @@ def package(
     from onnxpq.workflows import optimize
 
     model_path, dest = Path(model), Path(bundle)
+    check_measurement_options(latency_runs=latency_runs, latency_batch=latency_batch, threads=threads)
     chosen = target if isinstance(target, Target) else load_target(target)
     inputs = [model_path] + [Path(p) for p in (data, calibration) if p is not None]
     _check_destination(dest, force, inputs)

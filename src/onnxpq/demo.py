@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxpq.errors import OutputError
+from onnxpq.validation.figures import check_measurement_options
 from onnxpq.workflows import optimize
 
 __all__ = ["run_demo", "DEMO_MODEL", "DEMO_TEST", "DEMO_CALIBRATION"]
@@ -31,6 +32,7 @@ def run_demo(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; write ``demo-digits.onnx``, ``demo-report.json`` and ``demo-report.html`` in ``out_dir``."""
+    check_measurement_options(latency_runs=latency_runs, latency_batch=latency_batch)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder")
     try:

@@ -52,7 +52,7 @@ from onnxpq.search.fallback import FallbackResult, accuracy_drop, excludable, gi
 from onnxpq.search.payoff import PayoffResult, give_back_slow_nodes
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
-from onnxpq.validation.figures import PairFigures, latency_feed, measure_pair
+from onnxpq.validation.figures import PairFigures, check_measurement_options, latency_feed, measure_pair
 
 __all__ = ["OptimizeResult", "ValidateResult", "optimize", "validate"]
 
@@ -290,6 +290,7 @@ def optimize(
         OnnxpqError: bad input (nothing written); see :mod:`onnxpq.errors`.
     """
     model_path, out_path = Path(model), Path(output)
+    check_measurement_options(latency_runs=latency_runs, latency_batch=latency_batch, threads=threads)
     chosen = _target(target)
     pipeline_text = pipeline if pipeline is not None else chosen.pipeline
     passes = parse_pipeline(pipeline_text)
@@ -403,6 +404,7 @@ def validate(
 ) -> ValidateResult:
     """Measure ``model`` against ``reference`` on ``target`` (fidelity, accuracy, latency, size, cost)."""
     model_path, ref_path = Path(model), Path(reference)
+    check_measurement_options(latency_runs=latency_runs, latency_batch=latency_batch, threads=threads)
     chosen = _target(target)
     _check_outputs(model_path, report, html)
     _check_outputs(ref_path, report, html)

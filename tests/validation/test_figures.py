@@ -171,3 +171,40 @@ def test_fixed_batch_of_two_is_measured(tmp_path: Path, target: str) -> None:
     x = np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32)
     figures = measure_pair(reference, candidate, load_target(target), Dataset({"x": x}, None, "test"), latency_runs=2)
     assert figures.baseline.macs > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("latency_runs", 0), ("latency_runs", -3), ("latency_batch", 0), ("threads", 0), ("latency_runs", True),
+     ("latency_batch", 2.5)],
+)  # fmt: skip
+def test_measurement_options_that_cannot_give_a_latency_are_refused_in_one_line(
+    pair: tuple[Path, Path, np.ndarray], option: str, value: object
+) -> None:
+    from onnxpq.errors import OnnxpqError
+
+    reference, candidate, x = pair
+    with pytest.raises(OnnxpqError, match=rf"^{option} must be an integer of at least 1, got {value!r}$"):
+        measure_pair(reference, candidate, load_target("cpu"), Dataset({"x": x}, None, "test"), **{option: value})
+
+
+@pytest.mark.parametrize("api", ["optimize", "validate", "package", "explore"])
+def test_public_api_refuses_zero_latency_runs_before_writing_anything(
+    pair: tuple[Path, Path, np.ndarray], tmp_path: Path, api: str
+) -> None:
+    """``latency_runs=0`` once failed deep in the timing with an IndexError after the passes had run."""
+    import onnxpq
+    from onnxpq.errors import OnnxpqError
+
+    reference, _, _ = pair
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "out"
+    calls = {
+        "optimize": lambda: onnxpq.optimize(reference, out / "m.onnx", latency_runs=0, progress=False),
+        "validate": lambda: onnxpq.validate(reference, reference, latency_runs=0, report=out / "r.json"),
+        "package": lambda: onnxpq.package(reference, out, latency_runs=0),
+        "explore": lambda: onnxpq.explore(reference, out, latency_runs=0),
+    }
+    with pytest.raises(OnnxpqError, match="^latency_runs must be an integer of at least 1, got 0$"):
+        calls[api]()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

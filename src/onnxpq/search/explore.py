@@ -78,6 +78,7 @@ from onnxpq.search.planner import Plan, Tradeoff, anchor_plans, configuration_co
 from onnxpq.search.sensitivity import LayerSpace, additivity, measure_sensitivity
 from onnxpq.targets.profile import Target, load_target
 from onnxpq.validation.data import Dataset, load_dataset, synthesized_dataset
+from onnxpq.validation.figures import check_measurement_options
 
 __all__ = ["ExploreResult", "explore", "SCHEMA", "COST_FIGURES"]
 
@@ -344,6 +345,7 @@ def explore(
         OnnxpqError: bad input (nothing written).
     """
     model_path, out = Path(model), Path(out_dir)
+    check_measurement_options(latency_runs=latency_runs, latency_batch=latency_batch)
     chosen_target = target if isinstance(target, Target) else load_target(target)
     if max_accuracy_drop is not None and budget is not None:
         raise OnnxpqError("give --max-accuracy-drop or --budget, not both")

@@ -36,7 +36,15 @@ from onnxpq.validation.data import Dataset
 from onnxpq.validation.fidelity import Fidelity, compare_outputs
 from onnxpq.validation.kernels import KernelCensus, kernel_census
 
-__all__ = ["Latency", "ModelFigures", "PairFigures", "latency_feed", "measure_pair", "top1_accuracy"]
+__all__ = [
+    "Latency",
+    "ModelFigures",
+    "PairFigures",
+    "check_measurement_options",
+    "latency_feed",
+    "measure_pair",
+    "top1_accuracy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +159,18 @@ def _input_shapes(dataset: Dataset, model: Any) -> tuple[dict[str, list[int]], i
     return shapes, samples
 
 
+def check_measurement_options(*, latency_runs: int = 1, latency_batch: int = 1, threads: int = 1) -> None:
+    """Refuse measurement settings that cannot give a latency (one line; the CLI checks its flags alike).
+
+    ``latency_runs`` and ``latency_batch`` must be at least 1 (a median needs one run, a run one
+    sample); ``threads`` at least 1 (onnxruntime reads 0 as "all cores", which would silently time
+    something other than what was asked). Booleans are not counts.
+    """
+    for name, value in (("latency_runs", latency_runs), ("latency_batch", latency_batch), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise OnnxpqError(f"{name} must be an integer of at least 1, got {value!r}")
+
+
 def measure_pair(
     reference: str | Path,
     candidate: str | Path,
@@ -163,6 +183,7 @@ def measure_pair(
     threads: int = 1,
 ) -> PairFigures:
     """Measure both models on ``dataset`` for ``target``; see the module docstring."""
+    check_measurement_options(latency_runs=latency_runs, latency_batch=latency_batch, threads=threads)
     models = [load_model(reference, check=False), load_model(candidate, check=False)]
     sessions = []
     for index, path in enumerate((reference, candidate)):
