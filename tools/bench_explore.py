@@ -59,6 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 from bench_machine import machine_lines  # noqa: E402
+from bench_sections import replace_section  # noqa: E402
 
 START_MARKER, END_MARKER = "<!-- bench_explore:start -->", "<!-- bench_explore:end -->"
 MODELS_DIR = Path(os.environ.get("ONNXPQ_MODELS", Path.home() / ".cache" / "onnxpq" / "models"))
@@ -269,16 +270,7 @@ def write_section(benchmarks: Path, blocks: dict[str, str], command: str) -> Non
             "cost, `cost@acc` = a frontier point at least as accurate costs no more. Written by `tools/bench_explore.py`.",
             ""]
     body += [blocks[k] for k in blocks]
-    section = START_MARKER + "\n" + "\n".join(body) + "\n" + END_MARKER
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len(END_MARKER):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, benchmarks)
+    replace_section(benchmarks, START_MARKER, END_MARKER, "\n".join(body) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_machine import machine_lines
+from bench_sections import replace_section
 
 logger = logging.getLogger("bench_io_memory")
 
@@ -373,24 +374,7 @@ def render(results: Results, args: argparse.Namespace, side: int, file_bytes: in
 
 def write_section(benchmarks: Path, section: str) -> None:
     """Replace this script's section of BENCHMARKS.md (between its markers), keeping everything else."""
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    if benchmarks.exists():
-        text = benchmarks.read_text(encoding="utf-8")
-        start, end = text.find(START_MARKER), text.find(END_MARKER)
-        if start != -1 and end > start:
-            text = text[:start] + block + text[end + len(END_MARKER) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = "# Benchmarks\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, benchmarks)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_section(benchmarks, START_MARKER, END_MARKER, section)
 
 
 # --------------------------------------------------------------------------- main

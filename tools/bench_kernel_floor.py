@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_machine import machine_lines
+from bench_sections import merge_model_blocks, read_section, replace_section
 from bench_prune import (
     CLEANUP,
     DEPLOY_BATCH,
@@ -431,32 +432,14 @@ models timed alone).
 """
 
 
+def _model_markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench_kernel_floor:model={name}:start -->", f"<!-- bench_kernel_floor:model={name}:end -->"
+
+
 def write_section(benchmarks: Path, blocks: dict[str, str]) -> None:
-    text = benchmarks.read_text(encoding="utf-8") if benchmarks.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    old = text[start + len(START_MARKER) : end] if start != -1 and end > start else ""
-    kept: dict[str, str] = {}
-    for name in KNOWN_MODELS:
-        begin, finish = f"<!-- bench_kernel_floor:model={name}:start -->", f"<!-- bench_kernel_floor:model={name}:end -->"
-        i, j = old.find(begin), old.find(finish)
-        if i != -1 and j > i:
-            kept[name] = old[i + len(begin) : j].strip("\n") + "\n"
-    kept.update(blocks)
-    body = [INTRO]
-    for name in KNOWN_MODELS:
-        if name in kept:
-            body.append(f"<!-- bench_kernel_floor:model={name}:start -->\n{kept[name]}<!-- bench_kernel_floor:model={name}:end -->\n")
-    section = f"{START_MARKER}\n" + "\n".join(body) + END_MARKER
-    text = (text[:start] + section + text[end + len(END_MARKER) :]) if start != -1 and end > start else (
-        text.rstrip("\n") + "\n\n" + section + "\n")  # fmt: skip
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, benchmarks)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace the given model blocks inside this script's section (kept: other models' blocks, other sections)."""
+    old = read_section(benchmarks, START_MARKER, END_MARKER)
+    replace_section(benchmarks, START_MARKER, END_MARKER, merge_model_blocks(old, INTRO, KNOWN_MODELS, _model_markers, blocks))
 
 
 def main(argv: list[str] | None = None) -> int:

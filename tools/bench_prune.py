@@ -94,6 +94,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_machine import machine_lines
+from bench_sections import merge_model_blocks, read_section, replace_section
 from bench_models import run_models
 from typing import Any
 
@@ -1022,34 +1023,8 @@ accuracy at 50 % and is kept (digits 98.89 % vs 95.11 %, mnist 98.10 % vs 78.00 
 
 def write_section(benchmarks: Path, blocks: dict[str, str]) -> None:
     """Replace the given model blocks inside this script's section (kept: other models' blocks, other sections)."""
-    text = benchmarks.read_text(encoding="utf-8") if benchmarks.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    old = text[start + len(START_MARKER) : end] if start != -1 and end > start else ""
-    kept: dict[str, str] = {}
-    for name in KNOWN_MODELS:
-        begin, finish = _model_markers(name)
-        i, j = old.find(begin), old.find(finish)
-        if i != -1 and j > i:
-            kept[name] = old[i + len(begin) : j].strip("\n") + "\n"
-    kept.update(blocks)
-    body = [INTRO]
-    for name in KNOWN_MODELS:
-        if name in kept:
-            begin, finish = _model_markers(name)
-            body.append(f"{begin}\n{kept[name]}{finish}\n")
-    section = f"{START_MARKER}\n" + "\n".join(body) + END_MARKER
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(END_MARKER) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, benchmarks)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    old = read_section(benchmarks, START_MARKER, END_MARKER)
+    replace_section(benchmarks, START_MARKER, END_MARKER, merge_model_blocks(old, INTRO, KNOWN_MODELS, _model_markers, blocks))
 
 
 def _has_block(benchmarks: Path, name: str) -> bool:

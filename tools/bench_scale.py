@@ -50,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_machine import machine_lines  # noqa: E402
+from bench_sections import replace_section  # noqa: E402
 
 logger = logging.getLogger("bench_scale")
 
@@ -266,21 +267,7 @@ def render(runs: list[Run], args: argparse.Namespace, layers: int, side: int, si
 
 def write_section(benchmarks: Path, section: str) -> None:
     """Replace this script's section of BENCHMARKS.md (between its markers), keeping everything else."""
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    text = benchmarks.read_text(encoding="utf-8") if benchmarks.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END_MARKER) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, benchmarks)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_section(benchmarks, START_MARKER, END_MARKER, section)
 
 
 def run_scale(
