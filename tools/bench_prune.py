@@ -14,10 +14,8 @@ target="cpu", pipeline=..., data=<test>, calibration=<calib>)`` in this process
 multiples of 16 where a section has more than 16):
 
 * ``fp32``: the input model;
-* every variant runs with ``payoff=False``: the int8 pay-off search would give
-  slow quantized nodes back to float *and* exclude them from ``prune-channels``
-  (its ``exclude_nodes`` go to every lossy pass), so the rows would not be the
-  pipelines named here;
+* every variant runs with ``payoff=False`` (the rows are the pipelines named
+  here), except ``prune 0.3 + quantize, pay-off bB`` below;
 * ``prune R <importance> rec=on|off``: ``CLEANUP,prune-channels{ratio=R,importance=I,reconstruct=on|off}``
   for every R of ``--ratios`` (default 0.25 0.5), I of ``--importance``
   (default ``l1 activation``) and reconstruction on and off, where
@@ -28,7 +26,12 @@ multiples of 16 where a section has more than 16):
 * composition (``--no-compose`` leaves it out): ``prune 0.3`` =
   ``CLEANUP,prune-channels{ratio=0.3}`` (reconstruction ``auto`` = on, calibration
   given), ``quantize`` = ``CLEANUP,quantize-static{exclude_op_types=[MatMul]},quantize-dynamic``
-  (the cpu target's own pipeline), and ``prune 0.3 + quantize`` = both in one pipeline.
+  (the cpu target's own pipeline), and ``prune 0.3 + quantize`` = both in one pipeline;
+  plus, per measured batch B, ``prune 0.3 + quantize, pay-off bB``: the same
+  pipeline with the cpu target's int8 pay-off search on at batch B (quantized
+  nodes whose integer kernels make the model slower at that batch go back to
+  float; ``PAYOFF_LATENCY_RUNS`` sets its effort), which is what ``onnxpq
+  optimize --target cpu`` does by default.
 
 Per variant:
 
@@ -60,7 +63,8 @@ Per variant:
   report's pass records, and the whole pipeline's).
 
 Composition target (issue 4): ``prune 0.3 + quantize`` latency below both
-``prune 0.3`` alone and ``quantize`` alone, per configuration.
+``prune 0.3`` alone and ``quantize`` alone, per configuration; the pay-off
+variant of each batch is compared at that batch.
 
 The section of ``BENCHMARKS.md`` between ``<!-- bench_prune:start -->`` and
 ``<!-- bench_prune:end -->`` holds one block per model (each between its own
@@ -113,6 +117,7 @@ TARGET = "cpu"
 CLEANUP = "constants-to-initializers,eliminate-identity,fold-batchnorm,eliminate-dead"
 QUANTIZE = "quantize-static{exclude_op_types=[MatMul]},quantize-dynamic"
 COMPOSE_RATIO = 0.3
+PAYOFF_LABEL = f"prune {COMPOSE_RATIO:g} + quantize, pay-off"
 #: The issue's target: latency ratio / MAC ratio of a pruned model.
 MAX_LATENCY_PER_MAC = 1.15
 WARMUP = 10
@@ -126,6 +131,8 @@ PROFILE_MAC_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMat
 QUALITY_BATCH = 64
 #: Timed runs of onnxpq.optimize's own validation (its latency is not used here; ours is interleaved).
 OPTIMIZE_LATENCY_RUNS = 3
+#: --latency-runs of the pay-off variants: the pay-off search's effort (budget 0.06 s per run, ≥ 30 rounds).
+PAYOFF_LATENCY_RUNS = 100
 MAC_OPS = ("Conv", "Gemm", "MatMul")
 MODEL_NAME = "model.onnx"
 
@@ -193,6 +200,7 @@ class Variant:
     ratio: float | None = None
     importance: str | None = None
     reconstruct: str | None = None
+    payoff_batch: int | None = None  # int8 pay-off search on, measured at this batch (None: off)
     path: Path | None = None
     failed: str | None = None
     report: dict[str, Any] | None = None
@@ -285,8 +293,9 @@ def produce(files: ModelFiles, variant: Variant, work: Path) -> None:
     try:
         result = onnxpq.optimize(
             files.onnx, out_dir / MODEL_NAME, target=TARGET, pipeline=variant.pipeline, data=files.test,
-            calibration=files.calib, report=out_dir / "report.json", latency_runs=OPTIMIZE_LATENCY_RUNS,
-            latency_batch=1, progress=False, payoff=False,
+            calibration=files.calib, report=out_dir / "report.json",
+            latency_runs=OPTIMIZE_LATENCY_RUNS if variant.payoff_batch is None else PAYOFF_LATENCY_RUNS,
+            latency_batch=variant.payoff_batch or 1, progress=False, payoff=variant.payoff_batch is not None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - any failure of the tool is a row of the table
         variant.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -620,6 +629,13 @@ def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> 
     classifier = labels is not None or bool(_load_arrays(files.test, ["reference_top1"]))
     run = ModelRun(files, cnn, labels is not None, classifier, (1, CNN_BATCH) if cnn else (1,),
                    len(next(iter(test_inputs.values()))), calib_samples, variants)  # fmt: skip
+    fp32_macs, _ = own_macs(files.onnx, _first(test_inputs, 1))
+    if cnn and fp32_macs < SMALL_CNN_MACS:
+        run.batches = (1, CNN_BATCH, DEPLOY_BATCH)
+    if args.compose:
+        both = f"{CLEANUP},{prune_pipeline(COMPOSE_RATIO)},{QUANTIZE}"
+        variants += [Variant(f"{PAYOFF_LABEL} b{batch}", both, "compose", COMPOSE_RATIO, "auto", "auto", batch)
+                     for batch in run.batches]  # fmt: skip
     variants[0].path = files.onnx
     for variant in variants[1:]:
         logger.info("%s %s: onnxpq.optimize(pipeline=%s)", files.name, variant.label, variant.pipeline)
@@ -631,8 +647,6 @@ def benchmark_model(files: ModelFiles, args: argparse.Namespace, work: Path) -> 
                 "%s %s: MACs ratio %.3f, prune pass %.2f s, optimize %.1f s", files.name, variant.label,
                 variant.macs_ratio or float("nan"), variant.prune_s or 0.0, variant.optimize_s or 0.0,
             )  # fmt: skip
-    if cnn and run.fp32_macs_report is not None and run.fp32_macs_report < SMALL_CNN_MACS:
-        run.batches = (1, CNN_BATCH, DEPLOY_BATCH)
     if source_fingerprint() != fingerprint:
         run.notes.append(
             "onnxpq's sources changed while the variants were produced (concurrent edits): rows may mix code "
@@ -766,10 +780,17 @@ def composition_lines(run: ModelRun) -> list[str]:
         b, p, q = both.latency_ms[batch], prune.latency_ms[batch], quant.latency_ms[batch]
         ok = b < p and b < q
         misses += not ok
-        parts.append(
-            f"b{batch}: {'reached' if ok else 'NOT reached'} ({b:.3f} ms vs prune {p:.3f} ms = {b / p:.2f}x, "
-            f"vs quantize {q:.3f} ms = {b / q:.2f}x)"
-        )
+        part = (f"b{batch}: {'reached' if ok else 'NOT reached'} ({b:.3f} ms vs prune {p:.3f} ms = {b / p:.2f}x, "
+                f"vs quantize {q:.3f} ms = {b / q:.2f}x")  # fmt: skip
+        paid = run.get(f"{PAYOFF_LABEL} b{batch}")
+        if paid is not None and paid.ok:
+            given = (paid.report or {}).get("int8_payoff") or {}
+            back = given.get("given_back") or []
+            t = paid.latency_ms[batch]
+            part += (f"; with the int8 pay-off search at b{batch}: {t:.3f} ms = {t / p:.2f}x prune, {t / q:.2f}x quantize, "
+                     f"{'below both' if t < p and t < q else 'NOT below both'}; given back to float: "
+                     f"{', '.join(back) if back else 'none'}")  # fmt: skip
+        parts.append(part + ")")
     verdict = "reached in every configuration" if misses == 0 else f"NOT reached in {misses} of {len(run.batches)}"
     valid = "valid model (saved, onnx checker, runs in onnxruntime, output shapes unchanged)" if not both.checks else \
         "; ".join(both.checks)  # fmt: skip
@@ -918,7 +939,7 @@ def render_model(run: ModelRun, args: argparse.Namespace) -> str:
         if not variant.ok:
             continue
         lines.append(
-            f"| {variant.label} | {'`' + variant.pipeline + '`' if variant.pipeline else '(input model)'} | "
+            f"| {variant.label} | {_pipeline_cell(variant)} | "
             + " | ".join(_fmt(variant.latency_ms.get(b), 3) for b in run.batches)
             + f" | {_calib_cells(variant)} | {_prune_summary(variant)} | {_fmt(variant.optimize_s, 1)} |"
         )
@@ -930,6 +951,14 @@ def render_model(run: ModelRun, args: argparse.Namespace) -> str:
     if run.notes:
         lines += [f"- Note: {note}" for note in run.notes] + [""]
     return "\n".join(lines)
+
+
+def _pipeline_cell(variant: Variant) -> str:
+    """The pipeline asked for; for a pay-off variant, the one its report records (given-back nodes excluded)."""
+    if variant.pipeline is None:
+        return "(input model)"
+    final = (variant.report or {}).get("pipeline") if variant.payoff_batch is not None else None
+    return f"`{variant.pipeline}`" + (f" → `{final}`" if final and final != variant.pipeline else "")
 
 
 def _calib_cells(variant: Variant) -> str:
