@@ -38,7 +38,7 @@ import onnxruntime as ort
 from onnxpq.analysis.model_inputs import input_specs
 from onnxpq.core.context import PassContext
 from onnxpq.core.memory import log_memory, return_freed_memory
-from onnxpq.core.manager import PassManager
+from onnxpq.core.manager import Checkpoint, PassManager
 from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import format_pipeline, parse_pipeline
 from onnxpq.core.session import IN_MEMORY_LIMIT_BYTES, has_external_data, make_session, run_in_batches
@@ -314,15 +314,24 @@ def optimize(
         # output (copied into it in the kernel on save), not into memory
         store = scratch.enter_context(TensorStore(out_path.parent)) if input_files else None
 
-        def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
-            return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure)
+        # the searches below re-run the pipeline with nodes excluded from the quantizing passes only: they resume
+        # from the model before the first of those (not for external-data models: the checkpoint would hold a
+        # second set of their pruned/cleaned weights in memory)
+        first_quantizing = min(excludable(passes), default=0) if not input_files else 0
+        checkpoint: Checkpoint | None = None
 
-        manager = make_manager(passes)
+        def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
+            return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure,
+                               resume=checkpoint)  # fmt: skip
+
+        manager = PassManager(passes, check_inputs=dataset.head(4).inputs, progress=progress,
+                              dump_on_failure=dump_on_failure, checkpoint_after=first_quantizing)  # fmt: skip
         fallback: FallbackResult | None = None
         paid: PayoffResult | None = None
         with PassContext(target=chosen, calibration=calib.inputs, tensor_store=store):
             result = manager(ir_model)
             out_model, records = result.model, manager.records
+            checkpoint = manager.checkpoint
             if payoff is None:
                 payoff = chosen.cost.model == "measured"
             if payoff:

@@ -203,3 +203,63 @@ def test_progress_display_is_silent_in_ci(monkeypatch: pytest.MonkeyPatch) -> No
     stream = _Tty()
     PassManager([EliminateIdentityPass()], progress=False, instruments=[ProgressDisplay(1, stream)])(_model())
     assert stream.getvalue() == ""
+
+
+class _CountsRuns(OnnxpqPass):
+    """Test-only: a lossy pass that scales the weight by ``factor`` and counts its runs."""
+
+    name = "test-counts-runs"
+    exact = False
+    runs = 0
+
+    def __init__(self, factor: float = 2.0) -> None:
+        self.factor = factor
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        type(self).runs += 1
+        w = model.graph.initializers["w"]
+        w.const_value = ir.tensor(w.const_value.numpy() * self.factor, name="w")
+        return ir.passes.PassResult(model, True)
+
+
+def _checkpointed(model: ir.Model) -> tuple[PassManager, ir.passes.PassResult]:
+    manager = PassManager([EliminateIdentityPass(), _CountsRuns(2.0), _Scales(claims_exact=False)],
+                          progress=False, checkpoint_after=2)  # fmt: skip
+    return manager, manager(model)
+
+
+def test_a_resumed_run_skips_the_unchanged_passes_and_gives_the_full_runs_output() -> None:
+    model = _model()
+    first, _ = _checkpointed(model)
+    assert first.checkpoint is not None and len(first.checkpoint.texts) == 2
+    _CountsRuns.runs = 0
+    changed_tail = [EliminateIdentityPass(), _CountsRuns(2.0), _CountsRuns(3.0)]
+    resumed = PassManager(changed_tail, progress=False, resume=first.checkpoint)
+    full = PassManager(changed_tail, progress=False)
+    resumed_model, full_model = resumed(model).model, full(model).model
+    assert _CountsRuns.runs == 1 + 2  # the resumed run ran only its third pass; the full run its second and third
+    assert _bytes(resumed_model) == _bytes(full_model)
+    assert [r.name for r in resumed.records] == [r.name for r in full.records]
+    assert resumed.records[:2] == first.records[:2]
+    assert _bytes(first.checkpoint.model) == _bytes(PassManager(changed_tail[:2], progress=False)(model).model)
+
+
+@pytest.mark.parametrize("change", ["other input object", "other option before the checkpoint"])
+def test_a_checkpoint_is_not_used_for_another_input_or_other_passes(change: str) -> None:
+    model = _model()
+    first, _ = _checkpointed(model)
+    _CountsRuns.runs = 0
+    passes = [EliminateIdentityPass(), _CountsRuns(5.0 if change.startswith("other option") else 2.0), _Scales(False)]
+    source = _model() if change == "other input object" else model
+    resumed = PassManager(passes, progress=False, resume=first.checkpoint)(source).model
+    assert _CountsRuns.runs == 1
+    assert _bytes(resumed) == _bytes(PassManager(passes, progress=False)(source).model)
+
+
+def test_every_run_starts_without_cached_analyses() -> None:
+    """Analyses are keyed by a model object's id, and a new run's clone may reuse a freed model's id."""
+    _Counts.computed = 0
+    with PassContext():
+        PassManager([_UsesAnalysisPreserving()], progress=False)(_model())
+        PassManager([_UsesAnalysisPreserving()], progress=False)(_model())
+    assert _Counts.computed == 2

@@ -173,3 +173,27 @@ def test_giving_back_undoes_quantization_only_not_pruning() -> None:
     text = format_pipeline(with_excluded(passes, ["conv1"]))
     assert text.startswith("prune-channels{ratio=0.3},")
     assert "quantize-static{exclude_nodes=[conv1]}" in text and "quantize-dynamic{exclude_nodes=[conv1]}" in text
+
+
+def test_the_payoff_search_prunes_once_and_gives_what_its_pipeline_text_gives(tmp_path: Path, monkeypatch) -> None:
+    """Candidates resume from the model before the first quantizing pass: prune-channels runs once, not per candidate."""
+    from onnxpq.passes.prune.channels import PruneChannelsPass
+
+    calls: list[int] = []
+    original = PruneChannelsPass.call
+
+    def counted(self, model):
+        calls.append(1)
+        return original(self, model)
+
+    monkeypatch.setattr(PruneChannelsPass, "call", counted)
+    monkeypatch.setattr(payoff, "interleaved_ratios", _fake_ratios(["conv1"], []))
+    common = dict(target="cpu", data=str(DATA / "digits_test.npz"), calibration=str(DATA / "digits_calib.npz"),
+                  latency_runs=3, progress=False)  # fmt: skip
+    pipeline = "fold-batchnorm,prune-channels{ratio=0.5,reconstruct=off},quantize-static{exclude_op_types=[MatMul]}"
+    result = optimize(str(DATA / "digits_cnn.onnx"), tmp_path / "paid.onnx", pipeline=pipeline, payoff=True, **common)
+    assert result.report["int8_payoff"]["given_back"] == ["conv1"]
+    assert len(calls) == 1
+    again = optimize(str(DATA / "digits_cnn.onnx"), tmp_path / "again.onnx", pipeline=result.report["pipeline"],
+                     payoff=False, **common)  # fmt: skip
+    assert (tmp_path / "paid.onnx").read_bytes() == (tmp_path / "again.onnx").read_bytes()

@@ -12,14 +12,32 @@ On failure it raises :class:`PassFailed` naming the pass, with the model as
 it was before that pass, and, when ``dump_on_failure`` is set, writes a
 reproducer there: ``model.onnx`` (the input of the failing pass),
 ``pipeline.txt`` (that pass's text) and ``error.txt``.
+
+Checkpoints. The searches that re-run a pipeline with a few nodes excluded
+(int8 pay-off, accuracy gate) change only the options of the quantizing
+passes; everything before the first of them (cleanup, ``prune-channels`` with
+its calibration runs and refits) would be recomputed identically for every
+candidate. A manager built with ``checkpoint_after=k`` keeps the model after
+its first k passes (a clone: O(nodes), tensors shared) with their records; a
+manager built with ``resume=`` that checkpoint, run on the *same input model
+object*, whose first k passes have the same full pipeline text, starts from
+that model and those records instead of running them again. Passes are
+deterministic (same input and options, same output: ``test_determinism``), so
+the result is the one a full run gives. Any other input, or any difference in
+those passes' text, runs everything.
+
+Analyses cached in the pass context are dropped when a run starts: they are
+keyed by the identity of a model object, and every run works on a new clone.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +57,19 @@ from onnxpq.core.pass_base import OnnxpqPass
 from onnxpq.core.pipeline_text import format_pass, format_pipeline
 from onnxpq.errors import OnnxpqError, PassFailed
 
-__all__ = ["PassManager"]
+__all__ = ["Checkpoint", "PassManager"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The model after the first ``len(texts)`` passes of a run on ``source``, and their records."""
+
+    source: ir.Model  # the run's input model (a resumed run must be given this very object)
+    texts: tuple[str, ...]  # full pipeline text of each pass so far
+    model: ir.Model
+    records: tuple[PassRecord, ...]
 
 
 class PassManager(ir.passes.PassManager):
@@ -55,6 +83,8 @@ class PassManager(ir.passes.PassManager):
         progress: show a status line on a terminal.
         dump_on_failure: folder for a reproducer when a pass fails.
         instruments: extra instruments, run after the built-in ones.
+        checkpoint_after: keep :attr:`checkpoint` after this many passes (None or 0: none).
+        resume: a checkpoint to start from when its passes and input match (see the module docstring).
     """
 
     def __init__(
@@ -67,6 +97,8 @@ class PassManager(ir.passes.PassManager):
         progress: bool = True,
         dump_on_failure: str | Path | None = None,
         instruments: Sequence[Instrument] = (),
+        checkpoint_after: int | None = None,
+        resume: Checkpoint | None = None,
     ) -> None:
         super().__init__(list(passes), steps=1, early_stop=False)
         self.verify_each = verify_each
@@ -76,6 +108,9 @@ class PassManager(ir.passes.PassManager):
         self.dump_on_failure = Path(dump_on_failure) if dump_on_failure is not None else None
         self.extra_instruments = list(instruments)
         self.records: list[PassRecord] = []
+        self.checkpoint_after = checkpoint_after
+        self.resume = resume
+        self.checkpoint: Checkpoint | None = None
 
     @property
     def in_place(self) -> bool:
@@ -105,11 +140,22 @@ class PassManager(ir.passes.PassManager):
             with PassContext():
                 return self.call(model)
         ctx = active
+        ctx.analyses.invalidate()
         instruments = self._instruments()
-        self.records = []
-        work = model.clone()
-        overall = False
-        for index, pass_ in enumerate(self.passes):
+        texts = tuple(format_pass(p, full=True) for p in self.passes)
+        self.records, self.checkpoint = [], None
+        done = 0  # passes whose result comes from the checkpoint
+        if self.resume is not None and self.resume.source is model and texts[: len(self.resume.texts)] == self.resume.texts:
+            done = len(self.resume.texts)
+            work = self.resume.model.clone()
+            self.records = [copy.copy(r) for r in self.resume.records]
+            logger.info("resuming after %d unchanged pass(es): %s", done, ",".join(r.name for r in self.records))
+        else:
+            work = model.clone()
+        overall = any(r.modified for r in self.records)
+        if self.checkpoint_after and self.checkpoint_after == done:
+            self.checkpoint = self.resume
+        for index, pass_ in enumerate(self.passes[done:], done):
             nodes, params, size = model_stats(work)
             record = PassRecord(
                 name=pass_.name,
@@ -141,6 +187,8 @@ class PassManager(ir.passes.PassManager):
                 overall = True
                 ctx.analyses.invalidate(pass_.preserves)
             self.records.append(record)
+            if self.checkpoint_after == index + 1:
+                self.checkpoint = Checkpoint(model, texts[: index + 1], work.clone(), tuple(self.records))
             logger.info(
                 "%s: %s in %.3f s, nodes %d -> %d, params %d -> %d%s",
                 pass_.name,
