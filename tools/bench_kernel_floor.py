@@ -74,6 +74,7 @@ from bench_machine import machine_lines
 from bench_sections import merge_model_blocks, read_section, replace_section
 from bench_prune import (
     CLEANUP,
+    CNN_BATCH,
     DEPLOY_BATCH,
     MAC_OPS,
     MAX_LATENCY_PER_MAC,
@@ -98,8 +99,9 @@ END_MARKER = "<!-- bench_kernel_floor:end -->"
 KNOWN_MODELS = ("digits", "mnist", "mobilenetv2")
 WARMUP = 10
 THREADS = 1
-SMALL_BATCHES = (1, DEPLOY_BATCH)
-LARGE_BATCHES = (1, 8)
+#: The batches bench_prune measures: small CNNs (< SMALL_CNN_MACS per sample) also at a deployment batch.
+SMALL_BATCHES = (1, CNN_BATCH, DEPLOY_BATCH)
+LARGE_BATCHES = (1, CNN_BATCH)
 LEVELS = ("NCHWc", "NCHW")  # ORT_ENABLE_ALL, ORT_ENABLE_EXTENDED
 CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
 GEMM_ATTRS = ("transA", "transB", "alpha", "beta")
