@@ -1029,9 +1029,10 @@ it with the load line; the per-node medians are robust to them. Variants whose m
 byte-identical (named under each model's settings) are timed once: two sessions of one model
 differ by up to ~2 % here, which is the resolution of these ratios. Whether any graph could do
 better is measured by `tools/bench_kernel_floor.py` (its own section): every layer alone, on the
-faster of onnxruntime's two CPU conv kernels. At 50 % those layers alone are above 1.15 at batch 1
-on all three CNNs (digits 1.88, mnist 1.42, MobileNetV2 1.18) and at batch 64 on digits (1.26):
-there the target cannot be met with the layer shapes the ratio asks for.
+faster of onnxruntime's two CPU conv kernels. For digits at 50 % those layers alone are above 1.15
+at batch 64 (1.23–1.35 over runs), so the target cannot be met there with the layer shapes the
+ratio asks for; MobileNetV2 at batch 1 and mnist at batch 8 are at the limit (1.15–1.19); at batch 1
+the small CNNs' kernels take a few µs, too short to time alone.
 
 One-shot quality on MobileNetV2. With 8 source photos (64 views) for calibration, neither the
 importance nor the refit generalises to other photos at 25 % or 50 %: the calibration-set columns
