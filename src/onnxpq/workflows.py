@@ -314,10 +314,13 @@ def optimize(
         # output (copied into it in the kernel on save), not into memory
         store = scratch.enter_context(TensorStore(out_path.parent)) if input_files else None
 
+        if payoff is None:
+            payoff = chosen.cost.model == "measured"
         # the searches below re-run the pipeline with nodes excluded from the quantizing passes only: they resume
-        # from the model before the first of those (not for external-data models: the checkpoint would hold a
-        # second set of their pruned/cleaned weights in memory)
-        first_quantizing = min(excludable(passes), default=0) if not input_files else 0
+        # from the model before the first of those, kept only when a search may run (and not for external-data
+        # models: the checkpoint would hold a second set of their pruned/cleaned weights)
+        searches = payoff or max_accuracy_drop is not None
+        first_quantizing = min(excludable(passes), default=0) if searches and not input_files else 0
         checkpoint: Checkpoint | None = None
 
         def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
@@ -332,8 +335,6 @@ def optimize(
             result = manager(ir_model)
             out_model, records = result.model, manager.records
             checkpoint = manager.checkpoint
-            if payoff is None:
-                payoff = chosen.cost.model == "measured"
             if payoff:
                 paid = _fit_payoff(
                     ir_model, out_model, passes, records, dataset, chosen, latency_batch, threads, latency_runs, make_manager
@@ -345,6 +346,7 @@ def optimize(
                 if fallback is not None:
                     out_model, records, passes = fallback.model, fallback.records, fallback.passes
         del result
+        checkpoint = manager.checkpoint = None  # the searches are done: free the model it holds
         log_memory("the passes")
         protected = (model_path, *input_files)
         # external data in, external data out: the output is then read piecewise (memory maps, validation segment by

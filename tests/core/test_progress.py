@@ -140,3 +140,14 @@ def test_calibration_draws_a_bar_on_a_terminal_only_outside_ci(monkeypatch: pyte
         assert "5/5" in terminal.getvalue()  # 40 samples / 8 per batch, one minmax pass
     else:
         assert terminal.getvalue() == ""
+
+
+def test_the_cli_quiet_flag_holds_for_its_own_call_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main([..., "-q"])`` from Python (a build script, a test) once left progress off for the whole process."""
+    from onnxpq.cli import main
+
+    stream = FakeTerminal()
+    assert main(["passes", "-q"]) == 0
+    assert progress_allowed(stream)
+    assert main(["optimize", "no-such-model.onnx", "-o", "out.onnx", "-q"]) == 2  # also after an error
+    assert progress_allowed(stream)

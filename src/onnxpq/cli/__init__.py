@@ -16,6 +16,7 @@ required arguments may come from the config instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import pkgutil
@@ -174,10 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     _configure_logging(args)
-    if getattr(args, "quiet", False):
-        from onnxpq.core.progress import set_progress
+    from onnxpq.core.progress import progress_switch
 
-        set_progress(False)  # -q: no progress bars anywhere, whatever the terminal
+    # -q: no progress bars anywhere, whatever the terminal — for this call only (a build script calling
+    # main() twice, or a test run, must not inherit it)
+    with progress_switch(False) if getattr(args, "quiet", False) else contextlib.nullcontext():
+        return _run_command(parser, modules, args, argv)
+
+
+def _run_command(parser: argparse.ArgumentParser, modules: list[ModuleType], args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the chosen command: an OnnxpqError is its one line and exit code, an internal error one line and
+    ``EXIT_INTERNAL`` (re-raised with ``--debug``)."""
     from onnxpq.errors import OnnxpqError
 
     module = {m.COMMAND: m for m in modules}[args.command]
