@@ -1,17 +1,18 @@
 """How the tools/bench_*.py scripts write BENCHMARKS.md: each owns a section between its markers.
 
 A script replaces only its own section (everything else in the file is kept)
-and writes the file atomically (a temporary file in the same folder, then
-``os.replace``), so an interrupted benchmark never leaves a half-written file.
+and writes the file atomically (:func:`onnxpq.io.write_text_atomic`: a temporary
+file in the same folder, fsync, rename), so an interrupted benchmark never
+leaves a half-written file.
 Scripts with one block per model keep the blocks of models they did not run.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+from onnxpq.io import write_text_atomic
 
 __all__ = ["merge_model_blocks", "read_section", "replace_section"]
 
@@ -34,14 +35,7 @@ def replace_section(benchmarks: Path, start_marker: str, end_marker: str, inner:
         text = text[:start] + block + text[end + len(end_marker) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", dir=benchmarks.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, benchmarks)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(benchmarks, text)
 
 
 def merge_model_blocks(
