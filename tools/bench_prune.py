@@ -1030,7 +1030,7 @@ byte-identical (named under each model's settings) are timed once: two sessions 
 differ by up to ~2 % here, which is the resolution of these ratios. Whether any graph could do
 better is measured by `tools/bench_kernel_floor.py` (its own section): every layer alone, on the
 faster of onnxruntime's two CPU conv kernels. For digits at 50 % those layers alone are above 1.15
-at batch 64 (1.23–1.35 over runs), so the target cannot be met there with the layer shapes the
+at batch 64 (1.23–1.36 over runs), so the target cannot be met there with the layer shapes the
 ratio asks for; MobileNetV2 at batch 1 and mnist at batch 8 are at the limit (1.15–1.19); at batch 1
 the small CNNs' kernels take a few µs, too short to time alone.
 
