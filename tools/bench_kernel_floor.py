@@ -79,7 +79,6 @@ from bench_prune import (
     CLEANUP,
     CNN_BATCH,
     DEPLOY_BATCH,
-    MAC_OPS,
     MAX_LATENCY_PER_MAC,
     PROFILE_MAC_OPS,
     SMALL_CNN_MACS,
@@ -90,6 +89,8 @@ from bench_prune import (
     _model_inputs,
     git_state,
     locate,
+    mac_op_shapes,
+    node_macs,
     other_benchmarks,
 )
 
@@ -162,40 +163,23 @@ class FloorRun:
 
 
 def mac_layers(path: Path, sample: dict[str, Any]) -> dict[str, Layer]:
-    """Every Conv/Gemm/MatMul with a constant weight, by node name, with runtime shapes of one sample."""
-    import numpy as np
+    """Every Conv/Gemm/MatMul with a constant weight, by node name, with its shapes for one sample (batch 1)."""
     import onnx
-    import onnxruntime as ort
 
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    inits = {t.name: tuple(t.dims) for t in graph.initializer}
-    nodes = [n for n in graph.node if n.op_type in MAC_OPS and n.domain in ("", "ai.onnx") and n.input[1] in inits]
-    existing = {o.name for o in graph.output}
-    for node in nodes:
-        for name in (node.input[0], node.output[0]):
-            if name not in existing and name not in inits:
-                graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-                existing.add(name)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    shapes = {n: tuple(np.shape(v)) for n, v in zip(names, session.run(names, sample), strict=True)}
+    compute, shapes = mac_op_shapes(path, sample)
+    inits = {t.name for t in onnx.load(str(path), load_external_data=False).graph.initializer}
     layers = {}
-    for node in nodes:
-        x, y, w = shapes[node.input[0]], shapes[node.output[0]], inits[node.input[1]]
+    for node in compute:
+        if node.input[1] not in inits:
+            continue
         keep = CONV_ATTRS if node.op_type == "Conv" else GEMM_ATTRS
         attrs = tuple(sorted((a.name, onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name in keep))
         attrs = tuple((k, tuple(v) if isinstance(v, list) else v.decode() if isinstance(v, bytes) else v) for k, v in attrs)
-        bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if node.op_type == "Conv":
-            macs = math.prod(y[1:]) * math.prod(w[1:])
-        elif node.op_type == "Gemm":
-            macs = math.prod(y[1:]) * (x[0] if dict(attrs).get("transA", 0) else x[-1])
-        else:
-            macs = math.prod(y[1:]) * x[-1]
-        layers[node.name or node.output[0]] = Layer(node.op_type, x, w, None if bias is None else math.prod(bias), attrs, macs)
+        bias = shapes.get(node.input[2]) if len(node.input) > 2 and node.input[2] in inits else None
+        layers[node.name or node.output[0]] = Layer(
+            node.op_type, shapes[node.input[0]], shapes[node.input[1]], None if bias is None else math.prod(bias), attrs,
+            node_macs(node, shapes),  # type: ignore[arg-type]
+        )  # fmt: skip
     return layers
 
 

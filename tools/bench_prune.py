@@ -318,12 +318,13 @@ def produce(files: ModelFiles, variant: Variant, work: Path) -> None:
 # --------------------------------------------------------------------------- own MAC count
 
 
-def own_macs(path: Path, sample: dict[str, Any]) -> tuple[int, list[str]]:
-    """MACs of one sample from runtime shapes (onnxruntime) and weight initializer shapes; and unresolved nodes.
+def mac_op_shapes(path: Path, sample: dict[str, Any]) -> tuple[list[Any], dict[str, tuple[int, ...]]]:
+    """Every Conv/Gemm/MatMul node (default domain), and the shapes of the initializers and of those nodes'
+    first two inputs and output at run time.
 
-    Every Conv/Gemm/MatMul input and output becomes a graph output; the model
-    runs once without graph optimizations, so the shapes are the ones the
-    graph's own nodes produce.
+    Every such input and output becomes a graph output; the model runs ``sample``
+    once without graph optimizations, so the shapes are the ones the graph's own
+    nodes produce.
     """
     import numpy as np
     import onnx
@@ -348,26 +349,32 @@ def own_macs(path: Path, sample: dict[str, Any]) -> tuple[int, list[str]]:
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, sample)
     shapes.update({name: tuple(np.shape(value)) for name, value in zip(names, values, strict=True)})
+    return compute, shapes
 
-    def attr(node: Any, name: str, default: int) -> int:
-        for a in node.attribute:
-            if a.name == name:
-                return int(a.i)
-        return default
 
+def node_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """MACs of one Conv/Gemm/MatMul from its input, weight and output shapes (None: a shape is unknown)."""
+    a, b, y = (shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]))
+    if a is None or b is None or y is None:
+        return None
+    if node.op_type == "Conv":
+        return math.prod(y) * math.prod(b[1:])  # N·M·spatial · (C/g)·k...
+    if node.op_type == "Gemm":
+        trans_a = next((int(x.i) for x in node.attribute if x.name == "transA"), 0)
+        return math.prod(y) * (a[0] if trans_a else a[1])
+    return math.prod(y) * a[-1]  # MatMul
+
+
+def own_macs(path: Path, sample: dict[str, Any]) -> tuple[int, list[str]]:
+    """MACs of ``sample`` from runtime shapes (:func:`mac_op_shapes`); and the nodes whose shapes stayed unknown."""
+    compute, shapes = mac_op_shapes(path, sample)
     total, unresolved = 0, []
     for node in compute:
-        a, b, y = (shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]))
-        if a is None or b is None or y is None:
+        macs = node_macs(node, shapes)
+        if macs is None:
             unresolved.append(node.name or node.output[0])
-            continue
-        if node.op_type == "Conv":
-            total += math.prod(y) * math.prod(b[1:])  # N·M·spatial · (C/g)·k...
-        elif node.op_type == "Gemm":
-            k = a[0] if attr(node, "transA", 0) else a[1]
-            total += math.prod(y) * k
-        else:  # MatMul
-            total += math.prod(y) * a[-1]
+        else:
+            total += macs
     return total, unresolved
 
 

@@ -323,12 +323,13 @@ def optimize(
         first_quantizing = min(excludable(passes), default=0) if searches and not input_files else 0
         checkpoint: Checkpoint | None = None
 
-        def make_manager(run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress) -> PassManager:
+        def make_manager(
+            run: list[OnnxpqPass] | tuple[OnnxpqPass, ...], show: bool = progress, checkpoint_after: int | None = None
+        ) -> PassManager:
             return PassManager(run, check_inputs=dataset.head(4).inputs, progress=show, dump_on_failure=dump_on_failure,
-                               resume=checkpoint)  # fmt: skip
+                               checkpoint_after=checkpoint_after, resume=checkpoint)  # fmt: skip
 
-        manager = PassManager(passes, check_inputs=dataset.head(4).inputs, progress=progress,
-                              dump_on_failure=dump_on_failure, checkpoint_after=first_quantizing)  # fmt: skip
+        manager = make_manager(passes, checkpoint_after=first_quantizing)
         fallback: FallbackResult | None = None
         paid: PayoffResult | None = None
         with PassContext(target=chosen, calibration=calib.inputs, tensor_store=store):
